@@ -1,0 +1,44 @@
+"""Read API for handoff: who a lead was assigned to, and why."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from sqlalchemy import select
+
+from handoff_service.models import Assignment
+from services.deps import SessionDep
+from services.errors import ApiError
+
+router = APIRouter(tags=["handoff"])
+
+
+@router.get("/handoff/leads/{lead_id}", summary="A lead's assignments, newest cycle first")
+async def lead_assignments(lead_id: str, session: SessionDep) -> dict[str, Any]:
+    rows = (
+        await session.scalars(
+            select(Assignment)
+            .where(Assignment.lead_id == lead_id)
+            .order_by(Assignment.cycle.desc())
+        )
+    ).all()
+    if not rows:
+        raise ApiError(404, "not_found", f"no assignment for lead {lead_id!r}")
+    return {
+        "lead_id": lead_id,
+        "assignments": [
+            {
+                "cycle": row.cycle,
+                "rep_id": row.rep_id,
+                "rep_name": row.rep_name,
+                "rep_email": row.rep_email,
+                "routing_rule": row.routing_rule,
+                "strategy": row.strategy,
+                "status": row.status,
+                "assigned_at": row.assigned_at.isoformat(),
+                "mql_event_id": row.mql_event_id,
+            }
+            for row in rows
+        ],
+    }

@@ -1,0 +1,129 @@
+"""Data payloads of every leadflow event type (see DESIGN.md, "Topics")."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, EmailStr, Field
+
+
+class _Data(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ActivityType(StrEnum):
+    PAGE_VIEW = "page_view"
+    EMAIL_OPEN = "email_open"
+    EMAIL_CLICK = "email_click"
+    FORM_SUBMIT = "form_submit"
+    CONTENT_DOWNLOAD = "content_download"
+    WEBINAR_REGISTER = "webinar_register"
+    WEBINAR_ATTEND = "webinar_attend"
+    UNSUBSCRIBE = "unsubscribe"
+    IDENTIFY = "identify"
+    CUSTOM = "custom"
+
+
+class Identity(_Data):
+    """Who did it, as far as the sender knows. At least one field is set."""
+
+    email: EmailStr | None = None
+    user_id: str | None = None
+    anonymous_id: str | None = None
+
+    def key(self) -> str:
+        """The identity key: email > user id > anonymous id (the Kafka key on lead.activity)."""
+        if self.email:
+            return f"email:{self.email.lower()}"
+        if self.user_id:
+            return f"user:{self.user_id}"
+        if self.anonymous_id:
+            return f"anon:{self.anonymous_id}"
+        raise ValueError("identity has no email, user id or anonymous id")
+
+
+class ActivityData(_Data):
+    """`lead.activity.<activity_type>`: something a person did, normalized by the gateway."""
+
+    activity_type: ActivityType
+    event_name: str = Field(description="The name the sender used, e.g. 'Form Submitted'.")
+    identity: Identity
+    properties: dict[str, Any] = Field(default_factory=dict)
+    attributes: dict[str, Any] = Field(
+        default_factory=dict, description="Lead attributes from traits or form fields."
+    )
+    context: dict[str, Any] = Field(default_factory=dict)
+    channel: str = Field(description="How it arrived, e.g. 'http:/v1/track'.")
+    received_at: AwareDatetime
+    is_bot: bool = False
+
+
+class RuleContribution(_Data):
+    rule: str
+    points: float
+
+
+class LeadScoredData(_Data):
+    """`lead.scored`: the lead's score after an activity was applied (latest wins per key)."""
+
+    lead_id: str
+    score: float
+    previous_score: float
+    stage: str
+    mql_cycle: int
+    rulebook_version: str
+    cause_event_id: str
+    contributions: list[RuleContribution] = Field(default_factory=list)
+
+
+class LeadMqlData(_Data):
+    """`lead.mql`: the lead qualified; emitted once per qualification cycle."""
+
+    lead_id: str
+    email: str | None = None
+    cycle: int = Field(ge=1)
+    score: float
+    reason: Literal["threshold", "trigger"]
+    trigger: str | None = None
+    rulebook_version: str
+    qualified_at: AwareDatetime
+    top_rules: list[RuleContribution] = Field(default_factory=list)
+
+
+class LeadAssignedData(_Data):
+    """`lead.assigned`: the handoff service chose a rep for an MQL."""
+
+    lead_id: str
+    cycle: int
+    rep_id: str
+    rep_name: str
+    rep_email: str
+    routing_rule: str
+    strategy: str
+    assigned_at: AwareDatetime
+    mql_event_id: str
+
+
+class LeadStatusData(_Data):
+    """`lead.status`: a rep acted on a lead (accept, reject, contacted, convert, recycle)."""
+
+    lead_id: str
+    cycle: int
+    status: Literal["accepted", "rejected", "contacted", "converted", "recycled"]
+    rep_id: str | None = None
+    reason: str | None = None
+    at: AwareDatetime
+
+
+class SlaEventData(_Data):
+    """`sla.events`: an SLA clock started, warned, was met or breached."""
+
+    lead_id: str
+    cycle: int
+    kind: Literal["clock_started", "warning", "met", "breached"]
+    policy: str
+    rep_id: str | None = None
+    started_at: AwareDatetime
+    deadline: AwareDatetime
+    at: AwareDatetime

@@ -1,0 +1,213 @@
+"""The `leadflow` command: dev (everything in one process), serve PART, migrate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import secrets
+import signal
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from services.broker import BrokerError, EmbeddedBroker
+from services.bus import ensure_topics
+from services.clock import SystemClock
+from services.migrate import upgrade
+from services.runtime import PART_NAMES, Runtime
+from services.settings import Settings
+
+log = logging.getLogger("leadflow")
+
+CONFIG_ERRORS = (BrokerError, ValueError, OSError)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the CLI owns SIGINT/SIGTERM for all parts."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="leadflow", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    dev = commands.add_parser("dev", help="run every service in one process, broker included")
+    dev.add_argument("--host", help="HTTP host (default 127.0.0.1)")
+    dev.add_argument("--port", type=int, help="HTTP port (default 8000)")
+    dev.add_argument("--broker-port", type=int, help="embedded broker port (default: a free one)")
+    dev.add_argument("--data-dir", type=Path, help="where the SQLite database and key live")
+
+    serve = commands.add_parser("serve", help="run one service against LEADFLOW_KAFKA_BOOTSTRAP")
+    serve.add_argument("part", choices=PART_NAMES)
+    serve.add_argument("--host", help="HTTP host (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="HTTP port (default 8000)")
+
+    commands.add_parser("migrate", help="apply database migrations to LEADFLOW_DATABASE_URL")
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    overrides = {
+        "http_host": getattr(args, "host", None),
+        "http_port": getattr(args, "port", None),
+        "broker_port": getattr(args, "broker_port", None),
+        "data_dir": getattr(args, "data_dir", None),
+    }
+    return Settings(**{key: value for key, value in overrides.items() if value is not None})
+
+
+def dev_write_key(settings: Settings) -> list[str]:
+    """The configured write keys, or one generated once and kept in the data dir."""
+    if settings.write_keys:
+        return settings.write_keys
+    path = settings.data_dir / "write_key"
+    if path.exists():
+        return [path.read_text(encoding="utf-8").strip()]
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    key = f"wk_{secrets.token_urlsafe(18)}"
+    path.write_text(key + "\n", encoding="utf-8")
+    path.chmod(0o600)
+    return [key]
+
+
+def _install_stop_handlers(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+
+async def _serve(runtime: Runtime, stop: asyncio.Event, banner: str | None) -> None:
+    settings = runtime.settings
+    server = _Server(
+        uvicorn.Config(
+            runtime.app,
+            host=settings.http_host,
+            port=settings.http_port,
+            lifespan="off",
+            log_level="warning",
+        )
+    )
+    await runtime.start()
+    server_task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if server_task.done():
+                server_task.result()
+                raise OSError(f"HTTP server could not start on port {settings.http_port}")
+            await asyncio.sleep(0.05)
+        if banner:
+            print(banner, flush=True)
+        runtime_task = asyncio.create_task(runtime.wait())
+        stop_task = asyncio.create_task(stop.wait())
+        watched: list[asyncio.Task[Any]] = [runtime_task, stop_task, server_task]
+        done, _ = await asyncio.wait(watched, return_when=asyncio.FIRST_COMPLETED)
+        runtime_task.cancel()
+        stop_task.cancel()
+        for task in done:
+            if task is not stop_task and not task.cancelled():
+                task.result()
+    finally:
+        print("leadflow: stopping…", file=sys.stderr, flush=True)
+        server.should_exit = True
+        with contextlib.suppress(Exception):
+            await server_task
+        await runtime.stop()
+
+
+def _banner(settings: Settings, broker: EmbeddedBroker | None) -> str:
+    broker_line = (
+        f"{broker.bootstrap} (embedded Tansu, in memory)"
+        if broker
+        else f"{settings.kafka_bootstrap}"
+    )
+    database = settings.effective_database_url
+    if database.startswith("sqlite"):
+        database = f"SQLite {settings.sqlite_path.resolve()}"
+    return "\n".join(
+        [
+            "leadflow is running",
+            f"  HTTP API    http://{settings.http_host}:{settings.http_port}  (docs: /docs)",
+            f"  Kafka       {broker_line}",
+            f"  Write key   {', '.join(settings.write_keys)}",
+            f"  Data        {settings.data_dir.resolve()}",
+            f"  Database    {database}",
+            f"  Rulebook    {settings.rulebook}",
+            f"  Roster      {settings.roster}",
+            f"  SLA policy  {settings.sla_policy}",
+            "Press Ctrl-C to stop.",
+        ]
+    )
+
+
+async def run_dev(settings: Settings) -> None:
+    stop = asyncio.Event()
+    _install_stop_handlers(stop)
+    settings = settings.model_copy(update={"write_keys": dev_write_key(settings)})
+    broker: EmbeddedBroker | None = None
+    try:
+        if not settings.kafka_bootstrap:
+            broker = EmbeddedBroker(port=settings.broker_port or 0)
+            await broker.start()
+            settings = settings.model_copy(update={"kafka_bootstrap": broker.bootstrap})
+        await upgrade(settings.effective_database_url)
+        await ensure_topics(settings)
+        runtime = Runtime(settings, SystemClock(), PART_NAMES)
+        await _serve(runtime, stop, _banner(settings, broker))
+    finally:
+        if broker is not None:
+            await broker.stop()
+
+
+async def run_serve(settings: Settings, part: str) -> None:
+    if not settings.kafka_bootstrap:
+        raise ValueError("LEADFLOW_KAFKA_BOOTSTRAP must be set for `leadflow serve`")
+    stop = asyncio.Event()
+    _install_stop_handlers(stop)
+    if part == "gateway" and not settings.write_keys:
+        raise ValueError("LEADFLOW_WRITE_KEYS must name at least one write key for the gateway")
+    await ensure_topics(settings)
+    runtime = Runtime(settings, SystemClock(), [part])
+    banner = (
+        f"leadflow {part} on http://{settings.http_host}:{settings.http_port}, "
+        f"Kafka {settings.kafka_bootstrap}"
+    )
+    await _serve(runtime, stop, banner)
+
+
+async def run_migrate(settings: Settings) -> None:
+    revision = await upgrade(settings.effective_database_url)
+    print(f"database at revision {revision}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    try:
+        settings = settings_from(args)
+        if args.command == "dev":
+            asyncio.run(run_dev(settings))
+        elif args.command == "serve":
+            asyncio.run(run_serve(settings, args.part))
+        else:
+            asyncio.run(run_migrate(settings))
+    except CONFIG_ERRORS as exc:
+        print(f"leadflow: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

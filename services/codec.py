@@ -1,0 +1,41 @@
+"""Reading and building envelopes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+from schemas.envelope import CloudEvent
+from schemas.registry import Contract
+from services.runner import PoisonRecord
+
+DataT = TypeVar("DataT", bound=BaseModel)
+
+
+def decode(model: type[CloudEvent[DataT]], value: bytes | None) -> CloudEvent[DataT]:
+    if value is None:
+        raise PoisonRecord("record has no value")
+    return model.model_validate_json(value)
+
+
+def envelope(
+    contract: Contract,
+    *,
+    event_id: str,
+    source: str,
+    type_: str,
+    time: datetime,
+    subject: str,
+    data: BaseModel,
+) -> CloudEvent[Any]:
+    return CloudEvent[Any](
+        id=event_id,
+        source=source,
+        type=type_,
+        time=time,
+        subject=subject,
+        dataschema=contract.dataschema,
+        data=data,
+    )

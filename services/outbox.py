@@ -1,0 +1,129 @@
+"""Transactional outbox: services write events beside their state; a relay publishes them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from schemas.envelope import CloudEvent
+from services.bus import OutgoingRecord, Publisher, PublishError, encode
+from services.clock import Clock
+from services.models import OutboxRecord
+
+log = logging.getLogger(__name__)
+
+
+def enqueue(
+    session: AsyncSession,
+    *,
+    service: str,
+    topic: str,
+    key: str,
+    event: CloudEvent[Any],
+    clock: Clock,
+) -> None:
+    """Add an event to the outbox in the caller's transaction."""
+    session.add(
+        OutboxRecord(
+            service=service,
+            topic=topic,
+            key=key,
+            ce_type=event.type,
+            payload=encode(event),
+            created_at=clock.now(),
+        )
+    )
+
+
+class OutboxRelay:
+    """Publishes one service's outbox in insertion order; deletes rows once the broker acked.
+
+    At least once: a crash between the broker's ack and the delete republishes the same
+    event ids, which consumers deduplicate.
+    """
+
+    def __init__(
+        self,
+        service: str,
+        sessions: async_sessionmaker[AsyncSession],
+        publisher: Publisher,
+        *,
+        batch_size: int,
+        poll_interval: float,
+        wakeup: asyncio.Event | None = None,
+    ) -> None:
+        self.service = service
+        self._sessions = sessions
+        self._publisher = publisher
+        self._batch_size = batch_size
+        self._poll_interval = poll_interval
+        self._wakeup = wakeup or asyncio.Event()
+
+    def notify(self) -> None:
+        self._wakeup.set()
+
+    async def publish_pending(self) -> int:
+        """Publish one batch; returns how many events went out."""
+        async with self._sessions() as session, session.begin():
+            query = (
+                select(OutboxRecord)
+                .where(OutboxRecord.service == self.service)
+                .order_by(OutboxRecord.id)
+                .limit(self._batch_size)
+            )
+            if session.get_bind().dialect.name != "sqlite":
+                query = query.with_for_update(skip_locked=True)
+            rows = (await session.scalars(query)).all()
+            if not rows:
+                return 0
+            await self._publisher.publish_many(
+                OutgoingRecord(topic=row.topic, key=row.key, value=row.payload, ce_type=row.ce_type)
+                for row in rows
+            )
+            await session.execute(
+                delete(OutboxRecord).where(OutboxRecord.id.in_([row.id for row in rows]))
+            )
+            return len(rows)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                published = await self.publish_pending()
+            except PublishError as exc:
+                log.warning("outbox relay %s: %s; retrying", self.service, exc)
+                published = 0
+                await _sleep_or_stop(stop, 1.0)
+            if published == self._batch_size:
+                continue
+            self._wakeup.clear()
+            await _wait_any(stop, self._wakeup, self._poll_interval)
+        await self._drain()
+
+    async def _drain(self) -> None:
+        """Publish what is left on shutdown, as far as the broker still answers."""
+        try:
+            while await self.publish_pending():
+                pass
+        except PublishError as exc:
+            log.warning("outbox relay %s stopped with events pending: %s", self.service, exc)
+
+
+async def _sleep_or_stop(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        async with asyncio.timeout(seconds):
+            await stop.wait()
+    except TimeoutError:
+        pass
+
+
+async def _wait_any(stop: asyncio.Event, wakeup: asyncio.Event, seconds: float) -> None:
+    waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wakeup.wait())]
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()

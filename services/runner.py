@@ -1,0 +1,187 @@
+"""The consumer runner: read a batch, apply it in one transaction with its event ids, commit.
+
+Offsets are committed only after the database transaction, so a crash replays the batch and
+the recorded event ids make the replay a no-op. Records that cannot be parsed go to the
+topic's DLQ with the reason in a header, and the runner moves on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from schemas.topics import dlq_for
+from services.bus import Publisher
+from services.clock import Clock
+from services.models import ProcessedEvent
+
+log = logging.getLogger(__name__)
+
+EventT = TypeVar("EventT")
+
+DLQ_REASON_HEADER = "dlq_reason"
+
+
+class PoisonRecord(ValueError):
+    """Raised by a parser for a record no retry can fix."""
+
+
+Parser = Callable[[str, bytes | None], EventT]
+"""Turns (contract topic, record value) into an event; raises PoisonRecord or ValidationError."""
+
+BatchHandler = Callable[[AsyncSession, Sequence[EventT]], Awaitable[None]]
+"""Applies new (not yet processed) events inside the runner's transaction."""
+
+EventId = Callable[[EventT], str]
+
+
+@dataclass
+class ConsumerSpec(Generic[EventT]):
+    name: str
+    group_id: str
+    topics: tuple[str, ...]
+    parse: Parser[EventT]
+    event_id: EventId[EventT]
+    handle: BatchHandler[EventT]
+
+
+class ConsumerRunner(Generic[EventT]):
+    def __init__(
+        self,
+        spec: ConsumerSpec[EventT],
+        consumer: AIOKafkaConsumer,
+        sessions: async_sessionmaker[AsyncSession],
+        publisher: Publisher,
+        clock: Clock,
+        *,
+        topic_prefix: str,
+        poll_timeout_ms: int = 200,
+        after_commit: Callable[[], None] | None = None,
+    ) -> None:
+        self.spec = spec
+        self._consumer = consumer
+        self._sessions = sessions
+        self._publisher = publisher
+        self._clock = clock
+        self._prefix = topic_prefix
+        self._poll_timeout_ms = poll_timeout_ms
+        self._after_commit = after_commit
+        self.applied = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self._consumer.start()
+        try:
+            while not stop.is_set():
+                batches = await self._consumer.getmany(timeout_ms=self._poll_timeout_ms)
+                records = [record for part in batches.values() for record in part]
+                if not records:
+                    continue
+                await self._process_until_done(records, stop)
+        finally:
+            await self._consumer.stop()
+
+    async def _process_until_done(
+        self, records: list[ConsumerRecord[Any, Any]], stop: asyncio.Event
+    ) -> None:
+        delay = 0.5
+        while True:
+            try:
+                await self.process(records)
+                return
+            except Exception:
+                log.exception("%s: batch of %d failed; retrying", self.spec.name, len(records))
+                if stop.is_set():
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def process(self, records: Sequence[ConsumerRecord[Any, Any]]) -> None:
+        events: list[EventT] = []
+        for record in records:
+            event = await self._parse_or_park(record)
+            if event is not None:
+                events.append(event)
+        async with self._sessions() as session, session.begin():
+            fresh = await self._unseen(session, events)
+            if fresh:
+                await self.spec.handle(session, fresh)
+        self.applied += len(fresh)
+        await self._consumer.commit(_next_offsets(records))
+        if fresh and self._after_commit is not None:
+            self._after_commit()
+
+    async def _parse_or_park(self, record: ConsumerRecord[Any, Any]) -> EventT | None:
+        topic = record.topic.removeprefix(self._prefix)
+        try:
+            return self.spec.parse(topic, record.value)
+        except (PoisonRecord, ValidationError, ValueError) as exc:
+            reason = _reason(exc)
+            log.warning(
+                "%s: %s[%d]@%d to DLQ: %s",
+                self.spec.name,
+                record.topic,
+                record.partition,
+                record.offset,
+                reason,
+            )
+            headers = [
+                *list(record.headers or ()),
+                (DLQ_REASON_HEADER, reason.encode()),
+                ("dlq_source", f"{record.topic}/{record.partition}/{record.offset}".encode()),
+                ("dlq_consumer", self.spec.group_id.encode()),
+            ]
+            await self._publisher.publish_raw(dlq_for(topic), record.key, record.value, headers)
+            return None
+
+    async def _unseen(self, session: AsyncSession, events: list[EventT]) -> list[EventT]:
+        """Drop events this consumer already applied, also repeats within the batch."""
+        ids = [self.spec.event_id(event) for event in events]
+        if not ids:
+            return []
+        seen = set(
+            (
+                await session.scalars(
+                    select(ProcessedEvent.event_id).where(
+                        ProcessedEvent.consumer == self.spec.group_id,
+                        ProcessedEvent.event_id.in_(set(ids)),
+                    )
+                )
+            ).all()
+        )
+        fresh: list[EventT] = []
+        now = self._clock.now()
+        for event_id, event in zip(ids, events, strict=True):
+            if event_id in seen:
+                continue
+            seen.add(event_id)
+            fresh.append(event)
+            session.add(
+                ProcessedEvent(consumer=self.spec.group_id, event_id=event_id, processed_at=now)
+            )
+        return fresh
+
+
+def _next_offsets(records: Sequence[ConsumerRecord[Any, Any]]) -> dict[TopicPartition, int]:
+    offsets: dict[TopicPartition, int] = {}
+    for record in records:
+        partition = TopicPartition(record.topic, record.partition)
+        offsets[partition] = max(offsets.get(partition, 0), record.offset + 1)
+    return offsets
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        problems = [
+            f"{'.'.join(str(part) for part in error['loc']) or '(root)'}: {error['msg']}"
+            for error in exc.errors()[:5]
+        ]
+        return "invalid event: " + "; ".join(problems)
+    return str(exc)[:500]

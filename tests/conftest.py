@@ -1,0 +1,123 @@
+"""Fixtures: the real embedded broker, real SQLite and PostgreSQL databases, the pipeline."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from services.broker import EmbeddedBroker
+from services.bus import ensure_topics
+from services.clock import ManualClock
+from services.migrate import upgrade
+from services.runtime import PART_NAMES, Runtime
+from services.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+POSTGRES_URL = os.environ.get(
+    "LEADFLOW_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+)
+REQUIRE_POSTGRES = os.environ.get("LEADFLOW_REQUIRE_POSTGRES") == "1"
+WRITE_KEY = "test-write-key"
+# A Monday, 10:00 in New York: the example SLA calendar's working hours.
+MONDAY_10AM_NEW_YORK = datetime(2026, 11, 23, 15, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="session")
+async def broker() -> AsyncIterator[EmbeddedBroker]:
+    async with EmbeddedBroker() as running:
+        yield running
+
+
+async def _reset_postgres(url: str) -> None:
+    dsn = url.replace("postgresql+asyncpg://", "postgresql://")
+    try:
+        connection = await asyncpg.connect(dsn, timeout=3)
+    except (OSError, asyncpg.PostgresError) as exc:
+        message = f"PostgreSQL unreachable at {url}: {exc}"
+        if REQUIRE_POSTGRES:
+            pytest.fail(message + " (LEADFLOW_REQUIRE_POSTGRES=1)")
+        pytest.skip(message)
+    try:
+        await connection.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
+    finally:
+        await connection.close()
+
+
+async def _migrated(backend: str, tmp_path: Path) -> str:
+    if backend == "sqlite":
+        url = f"sqlite+aiosqlite:///{tmp_path / 'leadflow.db'}"
+    else:
+        url = POSTGRES_URL
+        await _reset_postgres(url)
+    await upgrade(url)
+    return url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return await _migrated(request.param, tmp_path)
+
+
+@pytest.fixture
+async def sqlite_url(tmp_path: Path) -> str:
+    return await _migrated("sqlite", tmp_path)
+
+
+def make_settings(bootstrap: str, database_url: str, data_dir: Path) -> Settings:
+    return Settings(
+        kafka_bootstrap=bootstrap,
+        database_url=database_url,
+        data_dir=data_dir,
+        topic_prefix=f"t{uuid.uuid4().hex[:10]}.",
+        write_keys=[WRITE_KEY],
+        rulebook=EXAMPLES / "rulebook.yaml",
+        roster=EXAMPLES / "roster.yaml",
+        sla_policy=EXAMPLES / "sla.yaml",
+        poll_interval_seconds=0.05,
+        produce_timeout_seconds=2.0,
+        consumer_session_timeout_ms=2000,
+    )
+
+
+@pytest.fixture
+async def settings(broker: EmbeddedBroker, database_url: str, tmp_path: Path) -> Settings:
+    configured = make_settings(broker.bootstrap, database_url, tmp_path)
+    await ensure_topics(configured)
+    return configured
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(MONDAY_10AM_NEW_YORK)
+
+
+@pytest.fixture
+async def pipeline(settings: Settings, clock: ManualClock) -> AsyncIterator[Runtime]:
+    runtime = Runtime(settings, clock, PART_NAMES)
+    await runtime.start()
+    try:
+        yield runtime
+    finally:
+        await runtime.stop()
+
+
+def http_client(runtime: Runtime, *, write_key: str | None = WRITE_KEY) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=runtime.app),
+        base_url="http://leadflow.test",
+        auth=(write_key, "") if write_key else None,
+    )
+
+
+@pytest.fixture
+async def client(pipeline: Runtime) -> AsyncIterator[httpx.AsyncClient]:
+    async with http_client(pipeline) as http:
+        yield http

@@ -1,0 +1,207 @@
+"""Nothing lost, nothing doubled: dedupe by event id, one transaction per batch, the DLQ."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from aiokafka import TopicPartition
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from schemas.envelope import CloudEvent
+from schemas.events import ActivityData, ActivityType, Identity
+from schemas.registry import ACTIVITY
+from schemas.topics import LEAD_ACTIVITY, LEAD_ACTIVITY_DLQ, LEAD_SCORED
+from scoring_service.consumer import ActivityApplier, ActivityEvent, lead_id_for
+from scoring_service.models import Lead, LedgerEntry
+from scoring_service.rules import load_rulebook
+from services.bus import Publisher, make_consumer
+from services.clock import ManualClock
+from services.codec import envelope
+from services.db import create_engine, session_factory
+from services.models import ProcessedEvent
+from services.runner import DLQ_REASON_HEADER, ConsumerRunner, ConsumerSpec
+from services.runtime import Runtime
+from services.settings import Settings
+from tests.support import eventually, produce, read_topic, values
+
+
+def activity(event_id: str, user: str, url: str = "https://example.com/pricing") -> bytes:
+    data = ActivityData(
+        activity_type=ActivityType.PAGE_VIEW,
+        event_name="page_view",
+        identity=Identity(user_id=user),
+        properties={"url": url},
+        channel="test",
+        received_at=datetime(2026, 11, 23, 15, tzinfo=UTC),
+    )
+    event = envelope(
+        ACTIVITY,
+        event_id=event_id,
+        source="test",
+        type_="lead.activity.page_view",
+        time=datetime(2026, 11, 23, 15, tzinfo=UTC),
+        subject=f"user:{user}",
+        data=data,
+    )
+    return event.model_dump_json().encode()
+
+
+async def lead_state(settings: Settings, user: str) -> tuple[float, int] | None:
+    engine = create_engine(settings.effective_database_url)
+    try:
+        async with session_factory(engine)() as session:
+            lead = await session.get(Lead, lead_id_for(f"user:{user}"))
+            if lead is None:
+                return None
+            entries = await session.scalar(
+                select(func.count()).select_from(LedgerEntry).where(LedgerEntry.lead_id == lead.id)
+            )
+            return lead.score, entries or 0
+    finally:
+        await engine.dispose()
+
+
+async def test_duplicate_deliveries_of_one_event_id_count_once(pipeline: Runtime) -> None:
+    settings = pipeline.settings
+    key = b"user:u-dup"
+    first = activity("evt-1", "u-dup")
+    await produce(settings, LEAD_ACTIVITY, [(key, first), (key, first), (key, first)])
+    await produce(
+        settings, LEAD_ACTIVITY, [(key, activity("evt-2", "u-dup", "https://example.com/blog"))]
+    )
+
+    async def both_applied() -> tuple[float, int] | None:
+        state = await lead_state(settings, "u-dup")
+        return state if state and state[0] >= 19 else None
+
+    score, entries = await eventually(both_applied)
+    assert score == 19  # pricing 15 + page view 2, then page view 2: each event once
+    assert entries == 3
+
+    late_redelivery, marker = first, activity("evt-3", "u-dup", "https://example.com/blog")
+    await produce(settings, LEAD_ACTIVITY, [(key, late_redelivery), (key, marker)])
+
+    async def marker_applied() -> tuple[float, int] | None:
+        state = await lead_state(settings, "u-dup")
+        return state if state and state[1] == 4 else None
+
+    assert await eventually(marker_applied) == (21, 4)
+    scored = values(await read_topic(settings, LEAD_SCORED, expect=3))
+    assert [event["data"]["cause_event_id"] for event in scored] == ["evt-1", "evt-2", "evt-3"]
+
+
+async def test_poison_records_go_to_the_dlq_with_a_reason_and_the_consumer_moves_on(
+    pipeline: Runtime,
+) -> None:
+    settings = pipeline.settings
+    broken_envelope = json.loads(activity("evt-bad", "u-poison"))
+    del broken_envelope["data"]["identity"]
+    await produce(
+        settings,
+        LEAD_ACTIVITY,
+        [
+            (b"k", b"\x00not json"),
+            (b"k", json.dumps(broken_envelope).encode()),
+            (b"user:u-poison", activity("evt-ok", "u-poison")),
+        ],
+    )
+    parked = await read_topic(settings, LEAD_ACTIVITY_DLQ, expect=2)
+    assert len(parked) == 2
+    reasons = [dict(record.headers)[DLQ_REASON_HEADER].decode() for record in parked]
+    assert "json" in reasons[0].lower()
+    assert "data.identity" in reasons[1]
+    assert parked[0].value == b"\x00not json"
+    assert await eventually(lambda: lead_state(settings, "u-poison")) == (17, 2)
+
+
+class _Harness:
+    """A scoring runner driven by hand, to redeliver a batch as a crash would."""
+
+    def __init__(self, settings: Settings, handle: Any = None) -> None:
+        self.settings = settings
+        clock = ManualClock(datetime(2026, 11, 23, 15, tzinfo=UTC))
+        applier = ActivityApplier(load_rulebook(settings.rulebook), clock)
+        spec = applier.spec()
+        if handle is not None:
+            spec = ConsumerSpec(
+                spec.name, spec.group_id, spec.topics, spec.parse, spec.event_id, handle
+            )
+        self.engine = create_engine(settings.effective_database_url)
+        self.publisher = Publisher(settings)
+        self.consumer = make_consumer(settings, spec.group_id, *spec.topics)
+        self.runner = ConsumerRunner(
+            spec,
+            self.consumer,
+            session_factory(self.engine),
+            self.publisher,
+            clock,
+            topic_prefix=settings.topic_prefix,
+        )
+
+    async def __aenter__(self) -> _Harness:
+        await self.publisher.start()
+        await self.consumer.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.consumer.stop()
+        await self.publisher.stop()
+        await self.engine.dispose()
+
+    async def fetch(self, count: int) -> list[Any]:
+        async def batch() -> list[Any] | None:
+            got = await self.consumer.getmany(timeout_ms=200)
+            records = [record for part in got.values() for record in part]
+            return records or None
+
+        return await eventually(batch)
+
+    async def count(self, model: type[Any]) -> int:
+        async with session_factory(self.engine)() as session:
+            return (await session.scalar(select(func.count()).select_from(model))) or 0
+
+
+async def test_a_batch_redelivered_after_a_crash_changes_nothing(settings: Settings) -> None:
+    await produce(
+        settings, LEAD_ACTIVITY, [(b"user:u-re", activity(f"re-{n}", "u-re")) for n in range(3)]
+    )
+    async with _Harness(settings) as harness:
+        records = await harness.fetch(3)
+        await harness.runner.process(records)
+        await harness.runner.process(records)  # as if offsets were never committed
+        assert await lead_state(settings, "u-re") == (51, 6)
+        assert await harness.count(ProcessedEvent) == 3
+        partition = TopicPartition(records[0].topic, records[0].partition)
+        assert await harness.consumer.committed(partition) == records[-1].offset + 1
+
+
+async def test_a_failing_batch_applies_nothing_and_commits_no_offset(settings: Settings) -> None:
+    await produce(
+        settings, LEAD_ACTIVITY, [(b"user:u-fail", activity(f"f-{n}", "u-fail")) for n in range(2)]
+    )
+    applier = ActivityApplier(
+        load_rulebook(settings.rulebook), ManualClock(datetime(2026, 11, 23, tzinfo=UTC))
+    )
+
+    async def apply_then_fail(session: AsyncSession, events: Sequence[ActivityEvent]) -> None:
+        await applier.apply(session, events[0])
+        raise RuntimeError("database went away")
+
+    async with _Harness(settings, handle=apply_then_fail) as harness:
+        records = await harness.fetch(2)
+        with pytest.raises(RuntimeError, match="went away"):
+            await harness.runner.process(records)
+        assert await lead_state(settings, "u-fail") is None
+        assert await harness.count(ProcessedEvent) == 0
+        partition = TopicPartition(records[0].topic, records[0].partition)
+        assert await harness.consumer.committed(partition) is None
+
+
+def test_activity_event_type_alias_parses_its_own_output() -> None:
+    event = CloudEvent[ActivityData].model_validate_json(activity("x", "u"))
+    assert event.data.identity.user_id == "u"
