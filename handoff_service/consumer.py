@@ -12,14 +12,12 @@ from handoff_service.routing import Roster, round_robin
 from schemas.envelope import CloudEvent
 from schemas.events import LeadAssignedData, LeadMqlData
 from schemas.registry import ASSIGNED
-from schemas.topics import LEAD_ASSIGNED, LEAD_MQL
+from schemas.topics import LEAD_MQL
 from services.clock import Clock
-from services.codec import decode, envelope
-from services.outbox import enqueue
+from services.codec import decode
+from services.outbox import Emitter
 from services.runner import ConsumerSpec, PoisonRecord
 
-SERVICE = "handoff"
-SOURCE = "leadflow/handoff"
 STRATEGY = "round_robin"
 
 MqlEvent = CloudEvent[LeadMqlData]
@@ -35,6 +33,7 @@ class MqlRouter:
     def __init__(self, roster: Roster, clock: Clock) -> None:
         self.roster = roster
         self._clock = clock
+        self._emitter = Emitter(service="handoff", source="leadflow/handoff", clock=clock)
 
     def spec(self) -> ConsumerSpec[MqlEvent]:
         return ConsumerSpec(
@@ -57,48 +56,25 @@ class MqlRouter:
         cursor = await self._cursor(session)
         rep, cursor.cursor = round_robin(self.roster.active_reps, cursor.cursor)
         assigned_at = self._clock.now()
-        rule = f"pool:{self.roster.pool}"
-        session.add(
-            Assignment(
-                lead_id=mql.lead_id,
-                cycle=mql.cycle,
-                rep_id=rep.id,
-                rep_name=rep.name,
-                rep_email=str(rep.email),
-                routing_rule=rule,
-                strategy=STRATEGY,
-                status="assigned",
-                mql_event_id=event.id,
-                assigned_at=assigned_at,
-            )
-        )
         data = LeadAssignedData(
             lead_id=mql.lead_id,
             cycle=mql.cycle,
             rep_id=rep.id,
             rep_name=rep.name,
             rep_email=str(rep.email),
-            routing_rule=rule,
+            routing_rule=f"pool:{self.roster.pool}",
             strategy=STRATEGY,
             assigned_at=assigned_at,
             mql_event_id=event.id,
         )
-        assigned = envelope(
+        session.add(Assignment(**data.model_dump(), status="assigned"))
+        self._emitter.emit(
+            session,
             ASSIGNED,
             event_id=f"assigned:{mql.lead_id}:{mql.cycle}",
-            source=SOURCE,
-            type_="lead.assigned",
             time=assigned_at,
-            subject=mql.lead_id,
-            data=data,
-        )
-        enqueue(
-            session,
-            service=SERVICE,
-            topic=LEAD_ASSIGNED,
             key=mql.lead_id,
-            event=assigned,
-            clock=self._clock,
+            data=data,
         )
 
     async def _cursor(self, session: AsyncSession) -> RoundRobinCursor:

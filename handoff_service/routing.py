@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, EmailStr, Field, model_validator
+
+from services.config_files import load_model
 
 
 class RosterError(ValueError):
@@ -49,17 +50,4 @@ def round_robin(reps: tuple[Rep, ...], cursor: int) -> tuple[Rep, int]:
 
 
 def load_roster(path: Path) -> Roster:
-    try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise RosterError(f"cannot read roster {path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise RosterError(f"{path}: not valid YAML: {exc}") from exc
-    try:
-        return Roster.model_validate(document)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc']) or '(root)'}: {error['msg']}"
-            for error in exc.errors()
-        )
-        raise RosterError(f"{path}: {problems}") from exc
+    return load_model(path, Roster, what="roster", error=RosterError)

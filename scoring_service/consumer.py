@@ -11,16 +11,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from schemas.envelope import CloudEvent
 from schemas.events import ActivityData, LeadMqlData, LeadScoredData, RuleContribution
 from schemas.registry import MQL, SCORED
-from schemas.topics import LEAD_ACTIVITY, LEAD_MQL, LEAD_SCORED
+from schemas.topics import LEAD_ACTIVITY
 from scoring_service.models import Activity, Lead, LeadIdentity, LedgerEntry
 from scoring_service.rules import Contribution, Outcome, Rulebook, evaluate, top_contributions
 from services.clock import Clock
-from services.codec import decode, envelope
-from services.outbox import enqueue
+from services.codec import decode
+from services.outbox import Emitter
 from services.runner import ConsumerSpec, PoisonRecord
-
-SERVICE = "scoring"
-SOURCE = "leadflow/scoring"
 
 ActivityEvent = CloudEvent[ActivityData]
 
@@ -52,6 +49,7 @@ class ActivityApplier:
     def __init__(self, rulebook: Rulebook, clock: Clock) -> None:
         self.rulebook = rulebook
         self._clock = clock
+        self._emitter = Emitter(service="scoring", source="leadflow/scoring", clock=clock)
 
     def spec(self) -> ConsumerSpec[ActivityEvent]:
         return ConsumerSpec(
@@ -160,22 +158,8 @@ class ActivityApplier:
             cause_event_id=event.id,
             contributions=_wire(outcome.contributions),
         )
-        scored = envelope(
-            SCORED,
-            event_id=f"scored:{event.id}",
-            source=SOURCE,
-            type_="lead.scored",
-            time=event.time,
-            subject=lead.id,
-            data=data,
-        )
-        enqueue(
-            session,
-            service=SERVICE,
-            topic=LEAD_SCORED,
-            key=lead.id,
-            event=scored,
-            clock=self._clock,
+        self._emitter.emit(
+            session, SCORED, event_id=f"scored:{event.id}", time=event.time, key=lead.id, data=data
         )
 
     async def _qualify(
@@ -200,16 +184,14 @@ class ActivityApplier:
             qualified_at=event.time,
             top_rules=_wire(top),
         )
-        mql = envelope(
+        self._emitter.emit(
+            session,
             MQL,
             event_id=f"mql:{lead.id}:{lead.mql_cycle}",
-            source=SOURCE,
-            type_="lead.mql",
             time=event.time,
-            subject=lead.id,
+            key=lead.id,
             data=data,
         )
-        enqueue(session, service=SERVICE, topic=LEAD_MQL, key=lead.id, event=mql, clock=self._clock)
 
 
 def _wire(items: Sequence[Contribution]) -> list[RuleContribution]:

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.events import ActivityData, ActivityType
+from services.config_files import load_model, validate
 
 
 class RulebookError(ValueError):
@@ -130,23 +130,8 @@ def top_contributions(items: Sequence[Contribution], limit: int = 5) -> list[Con
 
 
 def parse_rulebook(document: Any, *, origin: str = "rulebook") -> Rulebook:
-    try:
-        return Rulebook.model_validate(document)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
-            for error in exc.errors()
-        )
-        raise RulebookError(f"{origin}: {problems}") from exc
+    return validate(Rulebook, document, origin=origin, error=RulebookError)
 
 
 def load_rulebook(path: Path) -> Rulebook:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise RulebookError(f"cannot read rulebook {path}: {exc.strerror}") from exc
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise RulebookError(f"{path}: not valid YAML: {exc}") from exc
-    return parse_rulebook(document, origin=str(path))
+    return load_model(path, Rulebook, what="rulebook", error=RulebookError)

@@ -4,17 +4,61 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
+from pydantic import BaseModel
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from schemas.envelope import CloudEvent
+from schemas.registry import Contract
 from services.bus import OutgoingRecord, Publisher, PublishError, encode
 from services.clock import Clock
+from services.codec import envelope
 from services.models import OutboxRecord
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Emitter:
+    """Writes one service's events to the outbox, in the caller's transaction."""
+
+    service: str
+    source: str
+    clock: Clock
+
+    def emit(
+        self,
+        session: AsyncSession,
+        contract: Contract,
+        *,
+        event_id: str,
+        time: datetime,
+        key: str,
+        data: BaseModel,
+        type_: str | None = None,
+    ) -> None:
+        """Enqueue `data` on the contract's topic, keyed and subjected by `key` (a lead id)."""
+        event = envelope(
+            contract,
+            event_id=event_id,
+            source=self.source,
+            type_=type_ or contract.name,
+            time=time,
+            subject=key,
+            data=data,
+        )
+        enqueue(
+            session,
+            service=self.service,
+            topic=contract.name,
+            key=key,
+            event=event,
+            clock=self.clock,
+        )
 
 
 def enqueue(

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from schemas.topics import dlq_for
 from services.bus import Publisher
 from services.clock import Clock
+from services.config_files import describe
 from services.models import ProcessedEvent
 
 log = logging.getLogger(__name__)
@@ -179,9 +180,5 @@ def _next_offsets(records: Sequence[ConsumerRecord[Any, Any]]) -> dict[TopicPart
 
 def _reason(exc: Exception) -> str:
     if isinstance(exc, ValidationError):
-        problems = [
-            f"{'.'.join(str(part) for part in error['loc']) or '(root)'}: {error['msg']}"
-            for error in exc.errors()[:5]
-        ]
-        return "invalid event: " + "; ".join(problems)
-    return str(exc)[:500]
+        return f"invalid event: {describe(exc)}"[:1000]
+    return str(exc)[:1000]

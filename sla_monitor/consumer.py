@@ -9,16 +9,13 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from schemas.envelope import CloudEvent
 from schemas.events import LeadAssignedData, SlaEventData
 from schemas.registry import SLA_EVENT
-from schemas.topics import LEAD_ASSIGNED, SLA_EVENTS
+from schemas.topics import LEAD_ASSIGNED
 from services.clock import Clock
-from services.codec import decode, envelope
-from services.outbox import enqueue
+from services.codec import decode
+from services.outbox import Emitter
 from services.runner import ConsumerSpec, PoisonRecord
 from sla_monitor.models import SlaClock
 from sla_monitor.policy import AcceptPolicy
-
-SERVICE = "sla"
-SOURCE = "leadflow/sla"
 
 AssignedEvent = CloudEvent[LeadAssignedData]
 
@@ -33,6 +30,7 @@ class ClockStarter:
     def __init__(self, policy: AcceptPolicy, clock: Clock) -> None:
         self.policy = policy
         self._clock = clock
+        self._emitter = Emitter(service="sla", source="leadflow/sla", clock=clock)
 
     def spec(self) -> ConsumerSpec[AssignedEvent]:
         return ConsumerSpec(
@@ -75,20 +73,12 @@ class ClockStarter:
             deadline=deadline,
             at=self._clock.now(),
         )
-        started = envelope(
+        self._emitter.emit(
+            session,
             SLA_EVENT,
             event_id=f"sla:{assigned.lead_id}:{assigned.cycle}:clock_started",
-            source=SOURCE,
             type_="sla.clock_started",
             time=started_at,
-            subject=assigned.lead_id,
-            data=data,
-        )
-        enqueue(
-            session,
-            service=SERVICE,
-            topic=SLA_EVENTS,
             key=assigned.lead_id,
-            event=started,
-            clock=self._clock,
+            data=data,
         )

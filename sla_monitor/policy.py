@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from pathlib import Path
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
+from services.config_files import load_model
 from sla_monitor.calendar import BusinessCalendar, add_business_time
 
 
@@ -31,17 +31,4 @@ class AcceptPolicy(BaseModel):
 
 
 def load_policy(path: Path) -> AcceptPolicy:
-    try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise PolicyError(f"cannot read SLA policy {path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise PolicyError(f"{path}: not valid YAML: {exc}") from exc
-    try:
-        return AcceptPolicy.model_validate(document)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc']) or '(root)'}: {error['msg']}"
-            for error in exc.errors()
-        )
-        raise PolicyError(f"{path}: {problems}") from exc
+    return load_model(path, AcceptPolicy, what="SLA policy", error=PolicyError)
