@@ -8,10 +8,11 @@ from fastapi import APIRouter
 from sqlalchemy import select
 
 from handoff_service.models import Assignment
+from services.auth import OpsDep
 from services.deps import SessionDep
 from services.errors import ApiError
 
-router = APIRouter(tags=["handoff"])
+router = APIRouter(tags=["handoff"], dependencies=[OpsDep])
 
 
 @router.get("/handoff/leads/{lead_id}", summary="A lead's assignments, newest cycle first")

@@ -70,10 +70,16 @@ class LeadScoredData(_Data):
     lead_id: str
     score: float
     previous_score: float
+    fit: float = 0.0
+    engagement: float = 0.0
+    grade: str | None = None
     stage: str
     mql_cycle: int
     rulebook_version: str
     cause_event_id: str
+    merged_ids: list[str] = Field(
+        default_factory=list, description="Leads merged into this one by this change."
+    )
     contributions: list[RuleContribution] = Field(default_factory=list)
 
 
@@ -84,6 +90,9 @@ class LeadMqlData(_Data):
     email: str | None = None
     cycle: int = Field(ge=1)
     score: float
+    fit: float = 0.0
+    engagement: float = 0.0
+    grade: str | None = None
     reason: Literal["threshold", "trigger"]
     trigger: str | None = None
     rulebook_version: str

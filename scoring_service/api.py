@@ -1,31 +1,64 @@
-"""Read API for leads: score, stage, owner and identities."""
+"""Scoring's HTTP API: leads and their ledgers (ops), rulebook versions (admin to change),
+simulation of a candidate rulebook, and re-apply jobs."""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
-from pydantic import EmailStr
+from fastapi import APIRouter, Body, Query, Request
+from pydantic import AwareDatetime, EmailStr
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from scoring_service.models import Lead, LeadIdentity, LedgerEntry
-from services.deps import SessionDep
+from scoring_service import engine, rulebooks, store
+from scoring_service.consumer import state_of
+from scoring_service.jobs import Reapplier, job_view
+from scoring_service.models import Lead, LeadIdentity, LedgerEntry, ScoringJob, StoredRulebook
+from scoring_service.rulebooks import RulebookCache, RulebookConflict
+from scoring_service.rules import RulebookError, parse_rulebook_text
+from scoring_service.simulation import LeadHistory, Tally, count
+from services.auth import AdminDep, OpsDep
+from services.deps import ClockDep, ContextDep, SessionDep
 from services.errors import ApiError
 
-router = APIRouter(tags=["leads"])
+MAX_RULEBOOK_BYTES = 256 * 1024
+YamlBody = Annotated[
+    str, Body(media_type="application/yaml", description="The rulebook as YAML text")
+]
 
 
-def lead_view(lead: Lead, identities: list[str]) -> dict[str, Any]:
+async def _yaml_text(request: Request) -> str:
+    raw = await request.body()
+    if len(raw) > MAX_RULEBOOK_BYTES:
+        raise ApiError(413, "payload_too_large", f"rulebook over {MAX_RULEBOOK_BYTES} bytes")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ApiError(400, "invalid_body", "rulebook must be UTF-8 text") from exc
+
+
+def _invalid_rulebook(exc: RulebookError) -> ApiError:
+    return ApiError(422, "invalid_rulebook", str(exc))
+
+
+def lead_view(lead: Lead, identities: list[str], snapshot: engine.Snapshot) -> dict[str, Any]:
     owner = {"rep_id": lead.owner_rep_id, "name": lead.owner_name} if lead.owner_rep_id else None
     return {
         "lead_id": lead.id,
         "email": lead.email,
-        "score": lead.score,
+        "fit": snapshot.fit,
+        "engagement": snapshot.engagement,
+        "score": snapshot.total,
+        "grade": snapshot.grade,
+        "disqualified_by": list(snapshot.disqualified_by),
         "stage": lead.stage,
         "mql_cycle": lead.mql_cycle,
         "owner": owner,
         "attributes": lead.attributes,
         "identities": sorted(identities),
+        "source": lead.source,
         "rulebook_version": lead.rulebook_version,
         "created_at": lead.created_at.isoformat(),
         "updated_at": lead.updated_at.isoformat(),
@@ -33,61 +66,246 @@ def lead_view(lead: Lead, identities: list[str]) -> dict[str, Any]:
     }
 
 
-@router.get("/leads", summary="Find leads, e.g. by email")
-async def list_leads(
-    session: SessionDep,
-    email: EmailStr | None = None,
-    stage: str | None = None,
-    limit: int = Query(default=50, ge=1, le=500),
-) -> dict[str, Any]:
-    query = select(Lead).order_by(Lead.updated_at.desc(), Lead.id).limit(limit)
-    if email is not None:
-        owner = await session.scalar(
-            select(LeadIdentity.lead_id).where(LeadIdentity.key == f"email:{email.lower()}")
-        )
-        query = query.where(Lead.id == owner)
-    if stage is not None:
-        query = query.where(Lead.stage == stage)
-    leads = (await session.scalars(query)).all()
-    return {"items": [await _view(session, lead) for lead in leads]}
+def build_router(cache: RulebookCache, reapplier: Reapplier) -> APIRouter:
+    router = APIRouter()
+
+    async def view(session: AsyncSession, lead: Lead, now: datetime) -> dict[str, Any]:
+        keys = (
+            await session.scalars(select(LeadIdentity.key).where(LeadIdentity.lead_id == lead.id))
+        ).all()
+        rulebook = await cache.get(session, lead.rulebook_version)
+        snapshot = engine.snapshot(rulebook, state_of(lead), now)
+        return lead_view(lead, list(keys), snapshot)
+
+    @router.get(
+        "/leads",
+        tags=["leads"],
+        dependencies=[OpsDep],
+        summary="Find leads by email, stage, grade, score or recent change; paged",
+    )
+    async def list_leads(
+        session: SessionDep,
+        clock: ClockDep,
+        email: EmailStr | None = None,
+        stage: str | None = None,
+        grade: Annotated[str | None, Query(pattern=r"^[A-D][1-4]?$")] = None,
+        min_score: float | None = None,
+        max_score: float | None = None,
+        updated_since: AwareDatetime | None = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        offset: Annotated[int, Query(ge=0)] = 0,
+    ) -> dict[str, Any]:
+        query = select(Lead).where(Lead.merged_into.is_(None))
+        if email is not None:
+            owner = select(LeadIdentity.lead_id).where(LeadIdentity.key == f"email:{email.lower()}")
+            query = query.where(Lead.id.in_(owner))
+        if stage is not None:
+            query = query.where(Lead.stage == stage)
+        if grade is not None:
+            query = query.where(
+                Lead.grade.startswith(grade) if len(grade) == 1 else Lead.grade == grade
+            )
+        if min_score is not None:
+            query = query.where(Lead.score >= min_score)
+        if max_score is not None:
+            query = query.where(Lead.score <= max_score)
+        if updated_since is not None:
+            query = query.where(Lead.updated_at >= updated_since)
+        query = query.order_by(Lead.updated_at.desc(), Lead.id).offset(offset).limit(limit + 1)
+        leads = list((await session.scalars(query)).all())
+        now = clock.now()
+        items = [await view(session, lead, now) for lead in leads[:limit]]
+        more = len(leads) > limit
+        return {"items": items, "next_offset": offset + limit if more else None}
+
+    @router.get(
+        "/leads/{lead_id}",
+        tags=["leads"],
+        dependencies=[OpsDep],
+        summary="One lead: fit, engagement decayed to now, grade, stage, owner",
+    )
+    async def get_lead(lead_id: str, session: SessionDep, clock: ClockDep) -> dict[str, Any]:
+        lead = await store.resolve_merged(session, lead_id)
+        if lead is None:
+            raise ApiError(404, "not_found", f"no lead with id {lead_id!r}")
+        body = await view(session, lead, clock.now())
+        if lead.id != lead_id:
+            body["merged_from"] = lead_id
+        return body
+
+    @router.get(
+        "/leads/{lead_id}/ledger",
+        tags=["leads"],
+        dependencies=[OpsDep],
+        summary="Every contribution to a lead's score",
+    )
+    async def get_ledger(lead_id: str, session: SessionDep) -> dict[str, Any]:
+        lead = await store.resolve_merged(session, lead_id)
+        if lead is None:
+            raise ApiError(404, "not_found", f"no lead with id {lead_id!r}")
+        rows = (
+            await session.scalars(
+                select(LedgerEntry)
+                .where(LedgerEntry.lead_id == lead.id)
+                .order_by(LedgerEntry.event_time, LedgerEntry.id)
+            )
+        ).all()
+        return {
+            "lead_id": lead.id,
+            "entries": [
+                {
+                    "rule": row.rule,
+                    "kind": row.kind,
+                    "points": row.points,
+                    "event_id": row.event_id,
+                    "event_time": row.event_time.isoformat(),
+                    "rulebook_version": row.rulebook_version,
+                }
+                for row in rows
+            ],
+        }
+
+    @router.get(
+        "/rulebooks",
+        tags=["rulebooks"],
+        dependencies=[OpsDep],
+        summary="Stored rulebook versions; which one is active",
+    )
+    async def list_rulebooks(session: SessionDep) -> dict[str, Any]:
+        rows = (
+            await session.scalars(
+                select(StoredRulebook).order_by(StoredRulebook.created_at, StoredRulebook.version)
+            )
+        ).all()
+        return {"items": [_rulebook_view(row) for row in rows]}
+
+    @router.get(
+        "/rulebooks/{version}",
+        tags=["rulebooks"],
+        dependencies=[OpsDep],
+        summary="One rulebook version, with its YAML",
+    )
+    async def get_rulebook(version: str, session: SessionDep) -> dict[str, Any]:
+        row = await session.get(StoredRulebook, version)
+        if row is None:
+            raise ApiError(404, "not_found", f"no rulebook version {version!r}")
+        return {**_rulebook_view(row), "body": row.body}
+
+    @router.post(
+        "/rulebooks",
+        tags=["rulebooks"],
+        dependencies=[AdminDep],
+        status_code=201,
+        summary="Upload a rulebook version (validated; not yet active)",
+    )
+    async def upload_rulebook(
+        request: Request, context: ContextDep, _body: YamlBody = ""
+    ) -> dict[str, Any]:
+        text = await _yaml_text(request)
+        async with context.sessions() as session, session.begin():
+            try:
+                row = await rulebooks.store(session, text, origin="rulebook", clock=context.clock)
+            except RulebookConflict as exc:
+                raise ApiError(409, "version_exists", str(exc)) from exc
+            except RulebookError as exc:
+                raise _invalid_rulebook(exc) from exc
+            return _rulebook_view(row)
+
+    @router.post(
+        "/rulebooks/{version}/activate",
+        tags=["rulebooks"],
+        dependencies=[AdminDep],
+        status_code=202,
+        summary="Switch to a version and re-score every lead from the log (a job)",
+    )
+    async def activate_rulebook(version: str) -> dict[str, Any]:
+        try:
+            job = await reapplier.start(version)
+        except LookupError as exc:
+            raise ApiError(404, "not_found", f"no rulebook version {version!r}") from exc
+        return job_view(job)
+
+    @router.post(
+        "/rulebooks/simulate",
+        tags=["rulebooks"],
+        dependencies=[OpsDep],
+        summary="MQLs a candidate rulebook would have produced, against the active",
+    )
+    async def simulate(
+        request: Request,
+        session: SessionDep,
+        start: Annotated[AwareDatetime, Query(alias="from")],
+        end: Annotated[AwareDatetime, Query(alias="to")],
+        _body: YamlBody = "",
+    ) -> dict[str, Any]:
+        if end <= start:
+            raise ApiError(
+                422,
+                "invalid_request",
+                "`to` must be after `from`",
+                fields=[{"field": "to", "message": "must be after from"}],
+            )
+        try:
+            candidate = parse_rulebook_text(await _yaml_text(request), origin="candidate")
+        except RulebookError as exc:
+            raise _invalid_rulebook(exc) from exc
+        active = await cache.active(session)
+        proposed, current = Tally(), Tally()
+        async for histories in _history_chunks(session, end):
+            for history in histories:
+                count(proposed, candidate, history, start, end)
+                count(current, active.rulebook, history, start, end)
+        return {
+            "from": start.isoformat(),
+            "to": end.isoformat(),
+            "candidate": {"version": candidate.version, **proposed.as_dict()},
+            "active": {"version": active.version, **current.as_dict()},
+            "difference": proposed.mqls - current.mqls,
+        }
+
+    @router.get(
+        "/jobs/{job_id}",
+        tags=["rulebooks"],
+        dependencies=[OpsDep],
+        summary="Progress of a re-apply job",
+    )
+    async def get_job(job_id: str, session: SessionDep) -> dict[str, Any]:
+        job = await session.get(ScoringJob, job_id)
+        if job is None:
+            raise ApiError(404, "not_found", f"no job {job_id!r}")
+        return job_view(job)
+
+    return router
 
 
-@router.get("/leads/{lead_id}", summary="One lead's score, stage and owner")
-async def get_lead(lead_id: str, session: SessionDep) -> dict[str, Any]:
-    lead = await session.get(Lead, lead_id)
-    if lead is None:
-        raise ApiError(404, "not_found", f"no lead with id {lead_id!r}")
-    return await _view(session, lead)
-
-
-@router.get("/leads/{lead_id}/ledger", summary="Every rule's points for a lead")
-async def get_ledger(lead_id: str, session: SessionDep) -> dict[str, Any]:
-    if await session.get(Lead, lead_id) is None:
-        raise ApiError(404, "not_found", f"no lead with id {lead_id!r}")
-    rows = (
-        await session.scalars(
-            select(LedgerEntry)
-            .where(LedgerEntry.lead_id == lead_id)
-            .order_by(LedgerEntry.event_time, LedgerEntry.id)
-        )
-    ).all()
+def _rulebook_view(row: StoredRulebook) -> dict[str, Any]:
     return {
-        "lead_id": lead_id,
-        "entries": [
-            {
-                "rule": row.rule,
-                "points": row.points,
-                "event_id": row.event_id,
-                "event_time": row.event_time.isoformat(),
-                "rulebook_version": row.rulebook_version,
-            }
-            for row in rows
-        ],
+        "version": row.version,
+        "active": row.active,
+        "fingerprint": row.fingerprint,
+        "created_at": row.created_at.isoformat(),
+        "activated_at": row.activated_at.isoformat() if row.activated_at else None,
     }
 
 
-async def _view(session: SessionDep, lead: Lead) -> dict[str, Any]:
-    keys = (
-        await session.scalars(select(LeadIdentity.key).where(LeadIdentity.lead_id == lead.id))
-    ).all()
-    return lead_view(lead, list(keys))
+async def _history_chunks(
+    session: AsyncSession, end: datetime, chunk: int = 500
+) -> AsyncIterator[list[LeadHistory]]:
+    """Every lead's activities before `end`, a chunk of leads at a time."""
+    after = ""
+    while True:
+        rows = (
+            await session.execute(
+                select(Lead.id, Lead.source)
+                .where(Lead.merged_into.is_(None), Lead.id > after)
+                .order_by(Lead.id)
+                .limit(chunk)
+            )
+        ).all()
+        if not rows:
+            return
+        logs = await store.activity_logs(session, [lead_id for lead_id, _ in rows], before=end)
+        yield [
+            LeadHistory(lead_id, source, tuple(logs.get(lead_id, ()))) for lead_id, source in rows
+        ]
+        after = rows[-1][0]

@@ -1,25 +1,37 @@
-"""Applies `lead.activity` to lead state and emits `lead.scored` and `lead.mql` via the outbox."""
+"""Applies `lead.activity` batches: identity stitching, the rulebook fold, the ledger, and the
+`lead.scored` / `lead.mql` events (through the outbox).
+
+Scoring is a fold over a lead's activities in event time (scoring_service.engine). An
+activity newer than everything the lead has seen continues the stored fold; a late one, or a
+merge of two leads, replays the lead's stored log, so the result never depends on the order
+in which events arrived.
+"""
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from schemas.envelope import CloudEvent
 from schemas.events import ActivityData, LeadMqlData, LeadScoredData, RuleContribution
 from schemas.registry import MQL, SCORED
 from schemas.topics import LEAD_ACTIVITY
-from scoring_service.models import Activity, Lead, LeadIdentity, LedgerEntry
-from scoring_service.rules import Contribution, Outcome, Rulebook, evaluate, top_contributions
+from scoring_service import engine, store
+from scoring_service.engine import ActivityRecord, LeadState, Step
+from scoring_service.models import Lead, LeadIdentity
+from scoring_service.rulebooks import ActiveRulebook, RulebookCache
 from services.clock import Clock
 from services.codec import decode
 from services.outbox import Emitter
-from services.runner import ConsumerSpec, PoisonRecord
+from services.runner import ConcurrentChange, ConsumerSpec, PoisonRecord
 
 ActivityEvent = CloudEvent[ActivityData]
+
+QUALIFYING_STAGES = frozenset({"lead", "nurture"})
 
 
 def lead_id_for(identity_key: str) -> str:
@@ -39,15 +51,40 @@ def identity_keys(data: ActivityData) -> list[str]:
     return keys
 
 
+def source_of(data: ActivityData) -> str:
+    """Where a lead came from: the UTM source if the activity carries one, else the channel."""
+    campaign = data.context.get("campaign")
+    if isinstance(campaign, dict) and campaign.get("source"):
+        return str(campaign["source"])
+    utm = data.properties.get("utm_source")
+    return str(utm) if utm else data.channel
+
+
 def parse_activity(topic: str, value: bytes | None) -> ActivityEvent:
     if topic != LEAD_ACTIVITY:
         raise PoisonRecord(f"scoring does not consume {topic}")
     return decode(ActivityEvent, value)
 
 
+@dataclass
+class LeadWork:
+    """One lead's share of a batch."""
+
+    lead: Lead
+    state: LeadState
+    previous_score: float
+    pending: list[ActivityRecord] = field(default_factory=list)
+    replay: bool = False
+    merged_ids: list[str] = field(default_factory=list)
+
+
+def state_of(lead: Lead) -> LeadState:
+    return LeadState.from_json(lead.state) if lead.state else engine.initial_state()
+
+
 class ActivityApplier:
-    def __init__(self, rulebook: Rulebook, clock: Clock) -> None:
-        self.rulebook = rulebook
+    def __init__(self, rulebooks: RulebookCache, clock: Clock) -> None:
+        self.rulebooks = rulebooks
         self._clock = clock
         self._emitter = Emitter(service="scoring", source="leadflow/scoring", clock=clock)
 
@@ -62,137 +99,269 @@ class ActivityApplier:
         )
 
     async def apply_batch(self, session: AsyncSession, events: Sequence[ActivityEvent]) -> None:
-        for event in events:
-            await self.apply(session, event)
-
-    async def apply(self, session: AsyncSession, event: ActivityEvent) -> None:
-        data = event.data
-        lead = await self._resolve_lead(session, data, event)
-        session.add(
-            Activity(
-                event_id=event.id,
-                lead_id=lead.id,
-                activity_type=data.activity_type.value,
-                event_time=event.time,
-                envelope=event.model_dump(mode="json"),
+        active = await self.rulebooks.active(session)
+        keys_by_event = [identity_keys(event.data) for event in events]
+        owners = await store.owners_of(session, (key for keys in keys_by_event for key in keys))
+        leads = await store.leads_for_update(session, owners.values())
+        if any(lead.merged_into for lead in leads.values()):
+            raise ConcurrentChange("a lead of this batch was merged by another worker")
+        work: dict[str, LeadWork] = {}
+        placed: list[tuple[ActivityEvent, Lead]] = []
+        for event, keys in zip(events, keys_by_event, strict=True):
+            lead = await self._stitch(session, event, keys, owners, leads, work, active)
+            work[lead.id].pending.append(
+                ActivityRecord(event_id=event.id, time=event.time, activity=event.data)
             )
+            placed.append((event, lead))
+        await session.flush()
+        # a lead merged later in the batch hands its activities to the survivor
+        await store.insert_activities(
+            session, [store.activity_row(event, _final(lead, leads).id) for event, lead in placed]
         )
-        if data.attributes:
-            lead.attributes = {**lead.attributes, **data.attributes}
-        if data.identity.email and not lead.email:
-            lead.email = data.identity.email.lower()
-        outcome = evaluate(self.rulebook, data, score=lead.score, qualified=lead.qualified_in_cycle)
-        previous = lead.score
-        self._record(session, lead, event, outcome)
-        self._emit_scored(session, lead, event, outcome, previous)
-        if outcome.qualification is not None:
-            await self._qualify(session, lead, event, outcome)
+        for item in work.values():
+            if item.lead.merged_into is None:
+                await self._score(session, item, active)
 
-    async def _resolve_lead(
-        self, session: AsyncSession, data: ActivityData, event: ActivityEvent
-    ) -> Lead:
-        keys = identity_keys(data)
-        known = (
-            await session.scalars(select(LeadIdentity).where(LeadIdentity.key.in_(keys)))
-        ).all()
-        by_key = {identity.key: identity.lead_id for identity in known}
-        lead_id = next((by_key[key] for key in keys if key in by_key), None)
-        now = self._clock.now()
-        lead = await session.get(Lead, lead_id) if lead_id else None
-        if lead is None:
-            lead = Lead(
-                id=lead_id_for(keys[0]),
-                email=data.identity.email,
-                score=0.0,
-                stage="lead",
-                mql_cycle=0,
-                qualified_in_cycle=False,
-                attributes={},
-                rulebook_version=self.rulebook.version,
-                created_at=now,
-                updated_at=now,
-            )
-            session.add(lead)
-            await session.flush()  # rows below reference it; no ORM relationship orders them
-        for key in keys:
-            if key not in by_key:
-                session.add(LeadIdentity(key=key, lead_id=lead.id))
-        lead.updated_at = now
-        if lead.last_activity_at is None or event.time > lead.last_activity_at:
-            lead.last_activity_at = event.time
-        return lead
-
-    def _record(
-        self, session: AsyncSession, lead: Lead, event: ActivityEvent, outcome: Outcome
-    ) -> None:
-        for item in outcome.contributions:
-            session.add(
-                LedgerEntry(
-                    lead_id=lead.id,
-                    event_id=event.id,
-                    rule=item.rule,
-                    points=item.points,
-                    event_time=event.time,
-                    rulebook_version=self.rulebook.version,
-                )
-            )
-        lead.score = outcome.score
-        lead.rulebook_version = self.rulebook.version
-
-    def _emit_scored(
+    async def _stitch(
         self,
         session: AsyncSession,
-        lead: Lead,
         event: ActivityEvent,
-        outcome: Outcome,
-        previous: float,
+        keys: list[str],
+        owners: dict[str, str],
+        leads: dict[str, Lead],
+        work: dict[str, LeadWork],
+        active: ActiveRulebook,
+    ) -> Lead:
+        """The lead this activity belongs to: found by any identity, created, or merged."""
+        found = sorted({owners[key] for key in keys if key in owners})
+        if not found:
+            lead = self._new_lead(session, lead_id_for(keys[0]), event, active)
+            leads[lead.id] = lead
+        else:
+            candidates = [leads[lead_id] for lead_id in found]
+            lead = await self._survivor(session, candidates, work)
+            for other in candidates:
+                if other is not lead:
+                    await self._merge(session, other, lead, owners, work)
+        for key in keys:
+            if key not in owners:
+                owners[key] = lead.id
+                session.add(LeadIdentity(key=key, lead_id=lead.id))
+        if lead.id not in work:
+            work[lead.id] = LeadWork(lead=lead, state=state_of(lead), previous_score=lead.score)
+        if event.data.identity.email and not lead.email:
+            lead.email = event.data.identity.email.lower()
+        return lead
+
+    async def _survivor(
+        self, session: AsyncSession, candidates: list[Lead], work: dict[str, LeadWork]
+    ) -> Lead:
+        """The lead whose history starts first in event time (ties: the smaller id), so the
+        choice does not depend on the order in which workers saw the events."""
+        if len(candidates) == 1:
+            return candidates[0]
+        first = await store.first_activity_times(session, [lead.id for lead in candidates])
+        for lead in candidates:
+            pending = work[lead.id].pending if lead.id in work else []
+            times = [record.time for record in pending]
+            if lead.id in first:
+                times.append(first[lead.id])
+            first[lead.id] = min(times) if times else datetime.max.replace(tzinfo=UTC)
+        return min(candidates, key=lambda lead: (first[lead.id], lead.id))
+
+    def _new_lead(
+        self, session: AsyncSession, lead_id: str, event: ActivityEvent, active: ActiveRulebook
+    ) -> Lead:
+        now = self._clock.now()
+        lead = Lead(
+            id=lead_id,
+            email=None,
+            score=0.0,
+            fit=0.0,
+            engagement=0.0,
+            stage="lead",
+            mql_cycle=0,
+            qualified_in_cycle=False,
+            attributes={},
+            state={},
+            rulebook_version=active.version,
+            created_at=now,
+            updated_at=now,
+            source=source_of(event.data),
+        )
+        session.add(lead)
+        return lead
+
+    async def _merge(
+        self,
+        session: AsyncSession,
+        merged: Lead,
+        survivor: Lead,
+        owners: dict[str, str],
+        work: dict[str, LeadWork],
     ) -> None:
-        stage = "mql" if outcome.qualification else lead.stage
-        data = LeadScoredData(
-            lead_id=lead.id,
-            score=outcome.score,
-            previous_score=previous,
-            stage=stage,
-            mql_cycle=lead.mql_cycle + (1 if outcome.qualification else 0),
-            rulebook_version=self.rulebook.version,
-            cause_event_id=event.id,
-            contributions=_wire(outcome.contributions),
+        """Fold `merged` into `survivor`: its identities and history move; its id points on."""
+        await session.flush()
+        await store.move_lead(session, merged.id, survivor.id)
+        for key, owner in owners.items():
+            if owner == merged.id:
+                owners[key] = survivor.id
+        merged.merged_into = survivor.id
+        _take_lifecycle(survivor, merged)
+        merged.stage = "merged"
+        merged.updated_at = self._clock.now()
+        if survivor.id not in work:
+            work[survivor.id] = LeadWork(
+                lead=survivor, state=state_of(survivor), previous_score=survivor.score
+            )
+        target = work[survivor.id]
+        target.replay = True
+        target.merged_ids.append(merged.id)
+        moved = work.pop(merged.id, None)
+        if moved is not None:
+            target.pending.extend(moved.pending)
+            target.merged_ids.extend(moved.merged_ids)
+        merged.state = {}
+
+    async def rescore(
+        self, session: AsyncSession, lead: Lead, active: ActiveRulebook, *, cause: str
+    ) -> None:
+        """Score a lead again from its stored log (after a rulebook change)."""
+        item = LeadWork(lead=lead, state=state_of(lead), previous_score=lead.score, replay=True)
+        await self._score(session, item, active, cause=cause)
+
+    async def _score(
+        self,
+        session: AsyncSession,
+        item: LeadWork,
+        active: ActiveRulebook,
+        *,
+        cause: str | None = None,
+    ) -> None:
+        pending = sorted(item.pending, key=lambda record: (record.time, record.event_id))
+        replace = item.replay or not pending or not _continues(item.state, pending)
+        if replace:
+            log = await store.activity_log(session, item.lead.id)
+            start = engine.initial_state(cycle_start=item.state.cycle_start)
+            state, steps = engine.replay(active.rulebook, log, start=start)
+        else:
+            steps = []
+            state = item.state
+            for record in pending:
+                step = engine.apply(active.rulebook, state, record)
+                steps.append(step)
+                state = step.state
+        lines = [line for step in steps for line in step.lines]
+        await store.write_ledger(
+            session, item.lead.id, lines, version=active.version, replace=replace
         )
-        self._emitter.emit(
-            session, SCORED, event_id=f"scored:{event.id}", time=event.time, key=lead.id, data=data
-        )
+        self._update_lead(item.lead, state, active)
+        qualification = next((step for step in steps if step.qualification), None)
+        if qualification is not None and not item.lead.qualified_in_cycle:
+            await self._qualify(session, item.lead, qualification, active)
+        self._emit_scored(session, item, cause or pending[-1].event_id, active)
+
+    def _update_lead(self, lead: Lead, state: LeadState, active: ActiveRulebook) -> None:
+        at = state.last_time or self._clock.now()
+        view = engine.snapshot(active.rulebook, state, at)
+        lead.state = state.to_json()
+        lead.attributes = dict(state.attributes)
+        lead.fit, lead.engagement, lead.score = view.fit, view.engagement, view.total
+        lead.grade = view.grade
+        lead.disqualified_by = ", ".join(view.disqualified_by) or None
+        lead.rulebook_version = active.version
+        lead.last_activity_at = state.last_time
+        lead.updated_at = self._clock.now()
 
     async def _qualify(
-        self, session: AsyncSession, lead: Lead, event: ActivityEvent, outcome: Outcome
+        self, session: AsyncSession, lead: Lead, step: Step, active: ActiveRulebook
     ) -> None:
-        assert outcome.qualification is not None
+        qualification = step.qualification
+        assert qualification is not None
         lead.mql_cycle += 1
         lead.qualified_in_cycle = True
-        lead.stage = "mql"
-        ledger = (
-            await session.scalars(select(LedgerEntry).where(LedgerEntry.lead_id == lead.id))
-        ).all()
-        top = top_contributions([Contribution(row.rule, row.points) for row in ledger])
+        if lead.stage in QUALIFYING_STAGES:
+            lead.stage = "mql"
+        view = engine.snapshot(active.rulebook, step.state, qualification.time)
         data = LeadMqlData(
             lead_id=lead.id,
             email=lead.email,
             cycle=lead.mql_cycle,
-            score=lead.score,
-            reason="trigger" if outcome.qualification.trigger else "threshold",
-            trigger=outcome.qualification.trigger,
-            rulebook_version=self.rulebook.version,
-            qualified_at=event.time,
-            top_rules=_wire(top),
+            score=view.total,
+            fit=view.fit,
+            engagement=view.engagement,
+            grade=view.grade,
+            reason=qualification.reason,
+            trigger=qualification.trigger,
+            rulebook_version=active.version,
+            qualified_at=qualification.time,
+            top_rules=_wire(
+                engine.top_rules(
+                    await store.ledger_lines(session, lead.id, since=step.state.cycle_start)
+                )
+            ),
         )
         self._emitter.emit(
             session,
             MQL,
             event_id=f"mql:{lead.id}:{lead.mql_cycle}",
-            time=event.time,
+            time=qualification.time,
+            key=lead.id,
+            data=data,
+        )
+
+    def _emit_scored(
+        self, session: AsyncSession, item: LeadWork, cause_event_id: str, active: ActiveRulebook
+    ) -> None:
+        lead = item.lead
+        data = LeadScoredData(
+            lead_id=lead.id,
+            score=lead.score,
+            previous_score=item.previous_score,
+            fit=lead.fit,
+            engagement=lead.engagement,
+            grade=lead.grade,
+            stage=lead.stage,
+            mql_cycle=lead.mql_cycle,
+            rulebook_version=active.version,
+            cause_event_id=cause_event_id,
+            merged_ids=item.merged_ids,
+        )
+        time = lead.last_activity_at or self._clock.now()
+        self._emitter.emit(
+            session,
+            SCORED,
+            event_id=f"scored:{lead.id}:{cause_event_id}",
+            time=time,
             key=lead.id,
             data=data,
         )
 
 
-def _wire(items: Sequence[Contribution]) -> list[RuleContribution]:
-    return [RuleContribution(rule=item.rule, points=item.points) for item in items]
+def _final(lead: Lead, leads: dict[str, Lead]) -> Lead:
+    """Follow merges made earlier in this batch to the surviving lead."""
+    while lead.merged_into is not None:
+        lead = leads[lead.merged_into]
+    return lead
+
+
+def _take_lifecycle(survivor: Lead, merged: Lead) -> None:
+    """The survivor keeps whichever of the two is further along in qualification."""
+    if (merged.mql_cycle, merged.qualified_in_cycle) > (
+        survivor.mql_cycle,
+        survivor.qualified_in_cycle,
+    ):
+        survivor.mql_cycle, survivor.qualified_in_cycle = merged.mql_cycle, True
+        survivor.stage = merged.stage
+        survivor.owner_rep_id, survivor.owner_name = merged.owner_rep_id, merged.owner_name
+    survivor.email = survivor.email or merged.email
+
+
+def _continues(state: LeadState, pending: Sequence[ActivityRecord]) -> bool:
+    """Whether the pending activities all come after what the stored fold has seen."""
+    last = state.last_key
+    return last is None or (pending[0].time, pending[0].event_id) > last
+
+
+def _wire(items: Sequence[tuple[str, float]]) -> list[RuleContribution]:
+    return [RuleContribution(rule=rule, points=points) for rule, points in items]

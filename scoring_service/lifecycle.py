@@ -1,16 +1,23 @@
-"""Keeps a lead's owner and stage in step with handoff's `lead.assigned` and `lead.status`."""
+"""Keeps a lead's owner and stage in step with handoff's `lead.assigned` and `lead.status`.
+
+Stages: lead -> mql -> (handoff) sal or rejected -> sql -> ... A recycled lead returns to
+nurture, its engagement treated per the rulebook's recycle policy, and can qualify again in
+a new cycle.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from schemas.envelope import CloudEvent
 from schemas.events import LeadAssignedData, LeadStatusData
 from schemas.topics import LEAD_ASSIGNED, LEAD_STATUS
+from scoring_service import engine, store
+from scoring_service.consumer import state_of
 from scoring_service.models import Lead
+from scoring_service.rulebooks import RulebookCache
 from services.clock import Clock
 from services.codec import decode
 from services.runner import ConsumerSpec, PoisonRecord
@@ -35,7 +42,8 @@ def parse_lifecycle(topic: str, value: bytes | None) -> LifecycleEvent:
 
 
 class LifecycleApplier:
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, rulebooks: RulebookCache, clock: Clock) -> None:
+        self._rulebooks = rulebooks
         self._clock = clock
 
     def spec(self) -> ConsumerSpec[LifecycleEvent]:
@@ -50,23 +58,27 @@ class LifecycleApplier:
 
     async def apply_batch(self, session: AsyncSession, events: Sequence[LifecycleEvent]) -> None:
         for event in events:
-            lead = await session.get(Lead, event.data.lead_id)
+            lead = await store.resolve_merged(session, event.data.lead_id)
             if lead is None or event.data.cycle != lead.mql_cycle:
                 continue  # an unknown lead or a stale cycle changes nothing
-            _apply(lead, event.data)
+            if isinstance(event.data, LeadAssignedData):
+                lead.owner_rep_id = event.data.rep_id
+                lead.owner_name = event.data.rep_name
+            else:
+                await self._status(session, lead, event.data)
             lead.updated_at = self._clock.now()
 
-
-def _apply(lead: Lead, data: Any) -> None:
-    if isinstance(data, LeadAssignedData):
-        lead.owner_rep_id = data.rep_id
-        lead.owner_name = data.rep_name
-        return
-    assert isinstance(data, LeadStatusData)
-    stage = STAGE_FOR_STATUS[data.status]
-    if stage is not None:
-        lead.stage = stage
-    if data.status == "recycled":
-        lead.qualified_in_cycle = False
-        lead.owner_rep_id = None
-        lead.owner_name = None
+    async def _status(self, session: AsyncSession, lead: Lead, data: LeadStatusData) -> None:
+        stage = STAGE_FOR_STATUS[data.status]
+        if stage is not None:
+            lead.stage = stage
+        if data.status == "recycled":
+            active = await self._rulebooks.active(session)
+            state = engine.recycle(active.rulebook, state_of(lead), data.at)
+            view = engine.snapshot(active.rulebook, state, data.at)
+            lead.state = state.to_json()
+            lead.fit, lead.engagement, lead.score = view.fit, view.engagement, view.total
+            lead.grade = view.grade
+            lead.qualified_in_cycle = False
+            lead.owner_rep_id = None
+            lead.owner_name = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Integer, String
+from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from services.db import Base, UTCDateTime
@@ -27,6 +27,14 @@ class Lead(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     last_activity_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    fit: Mapped[float] = mapped_column(Float, default=0.0)
+    engagement: Mapped[float] = mapped_column(Float, default=0.0)
+    grade: Mapped[str | None] = mapped_column(String(8), index=True)
+    disqualified_by: Mapped[str | None] = mapped_column(String(200))
+    source: Mapped[str | None] = mapped_column(String(200))
+    merged_into: Mapped[str | None] = mapped_column(String(64), index=True)
+    state: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    """The engine's fold state (scoring_service.engine.LeadState), to continue incrementally."""
 
 
 class LeadIdentity(Base):
@@ -49,6 +57,7 @@ class LedgerEntry(Base):
     lead_id: Mapped[str] = mapped_column(ForeignKey("scoring_leads.id"), index=True)
     event_id: Mapped[str] = mapped_column(String(200))
     rule: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16), default="engagement")
     points: Mapped[float] = mapped_column(Float)
     event_time: Mapped[datetime] = mapped_column(UTCDateTime())
     rulebook_version: Mapped[str] = mapped_column(String(100))
@@ -64,3 +73,33 @@ class Activity(Base):
     activity_type: Mapped[str] = mapped_column(String(50))
     event_time: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     envelope: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class StoredRulebook(Base):
+    """A rulebook version as uploaded; exactly one is active."""
+
+    __tablename__ = "scoring_rulebooks"
+
+    version: Mapped[str] = mapped_column(String(100), primary_key=True)
+    body: Mapped[str] = mapped_column(Text)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    active: Mapped[bool] = mapped_column(default=False, index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    activated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class ScoringJob(Base):
+    """A background re-apply job and its progress."""
+
+    __tablename__ = "scoring_jobs"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    rulebook_version: Mapped[str] = mapped_column(String(100))
+    status: Mapped[str] = mapped_column(String(16))
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    done: Mapped[int] = mapped_column(Integer, default=0)
+    result: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import logging
 import secrets
 import signal
@@ -15,9 +16,12 @@ from typing import Any
 
 import uvicorn
 
+from scoring_service.rules import load_rulebook
+from services.auth import ROLES, Role, create_api_key, ensure_registered, kept_key
 from services.broker import BrokerError, EmbeddedBroker
 from services.bus import ensure_topics
 from services.clock import SystemClock
+from services.db import create_engine, session_factory
 from services.migrate import upgrade
 from services.runtime import PART_NAMES, Runtime
 from services.settings import Settings
@@ -25,6 +29,7 @@ from services.settings import Settings
 log = logging.getLogger("leadflow")
 
 CONFIG_ERRORS = (BrokerError, ValueError, OSError)
+BENCH_TARGETS = ("gateway", "scoring")
 
 
 class _Server(uvicorn.Server):
@@ -51,6 +56,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="HTTP port (default 8000)")
 
     commands.add_parser("migrate", help="apply database migrations to LEADFLOW_DATABASE_URL")
+
+    rules = commands.add_parser("rules", help="work with rulebook files")
+    rules_commands = rules.add_subparsers(dest="rules_command", required=True)
+    check = rules_commands.add_parser("check", help="validate a rulebook file offline")
+    check.add_argument("file", type=Path)
+
+    apikey = commands.add_parser("apikey", help="manage API keys for the management API")
+    apikey_commands = apikey.add_subparsers(dest="apikey_command", required=True)
+    create = apikey_commands.add_parser("create", help="create a key (printed once)")
+    create.add_argument("--name", required=True)
+    create.add_argument("--role", required=True, choices=ROLES)
+
+    bench = commands.add_parser("bench", help="measure throughput and latency")
+    bench.add_argument("target", choices=BENCH_TARGETS)
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="options of the benchmark")
     return parser
 
 
@@ -122,7 +142,7 @@ async def _serve(runtime: Runtime, stop: asyncio.Event, banner: str | None) -> N
         await runtime.stop()
 
 
-def _banner(settings: Settings, broker: EmbeddedBroker | None) -> str:
+def _banner(settings: Settings, broker: EmbeddedBroker | None, admin_key: str) -> str:
     broker_line = (
         f"{broker.bootstrap} (embedded Tansu, in memory)"
         if broker
@@ -137,6 +157,7 @@ def _banner(settings: Settings, broker: EmbeddedBroker | None) -> str:
             f"  HTTP API    http://{settings.http_host}:{settings.http_port}  (docs: /docs)",
             f"  Kafka       {broker_line}",
             f"  Write key   {', '.join(settings.write_keys)}",
+            f"  Admin key   {admin_key}  (management API: Authorization: Bearer <key>)",
             f"  Data        {settings.data_dir.resolve()}",
             f"  Database    {database}",
             f"  Rulebook    {settings.rulebook}",
@@ -158,9 +179,10 @@ async def run_dev(settings: Settings) -> None:
             await broker.start()
             settings = settings.model_copy(update={"kafka_bootstrap": broker.bootstrap})
         await upgrade(settings.effective_database_url)
+        admin_key = await _dev_admin_key(settings)
         await ensure_topics(settings)
         runtime = Runtime(settings, SystemClock(), PART_NAMES)
-        await _serve(runtime, stop, _banner(settings, broker))
+        await _serve(runtime, stop, _banner(settings, broker, admin_key))
     finally:
         if broker is not None:
             await broker.stop()
@@ -182,6 +204,40 @@ async def run_serve(settings: Settings, part: str) -> None:
     await _serve(runtime, stop, banner)
 
 
+def run_rules_check(path: Path) -> int:
+    rulebook = load_rulebook(path)
+    print(f"{path}: OK, version {rulebook.version}")
+    print(
+        f"  {len(rulebook.fit)} fit rules, {len(rulebook.disqualifiers)} disqualifiers, "
+        f"{len(rulebook.engagement)} engagement rules, {len(rulebook.triggers)} triggers; "
+        f"MQL at {rulebook.mql.threshold:g} points"
+    )
+    return 0
+
+
+async def run_apikey_create(settings: Settings, name: str, role: Role) -> None:
+    engine = create_engine(settings.effective_database_url)
+    try:
+        async with session_factory(engine)() as session, session.begin():
+            key = await create_api_key(session, name=name, role=role, clock=SystemClock())
+    finally:
+        await engine.dispose()
+    print(key)
+
+
+async def _dev_admin_key(settings: Settings) -> str:
+    engine = create_engine(settings.effective_database_url)
+    try:
+        async with session_factory(engine)() as session, session.begin():
+            key = kept_key(settings.data_dir / "admin_key", "admin")
+            await ensure_registered(
+                session, key, name="leadflow dev", role="admin", clock=SystemClock()
+            )
+            return key
+    finally:
+        await engine.dispose()
+
+
 async def run_migrate(settings: Settings) -> None:
     revision = await upgrade(settings.effective_database_url)
     print(f"database at revision {revision}")
@@ -199,6 +255,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(run_dev(settings))
         elif args.command == "serve":
             asyncio.run(run_serve(settings, args.part))
+        elif args.command == "rules":
+            return run_rules_check(args.file)
+        elif args.command == "apikey":
+            asyncio.run(run_apikey_create(settings, args.name, args.role))
+        elif args.command == "bench":
+            bench = importlib.import_module(f"services.bench.{args.target}")
+            return int(bench.main(settings, args.bench_args))
         else:
             asyncio.run(run_migrate(settings))
     except CONFIG_ERRORS as exc:

@@ -32,11 +32,12 @@ def _upgrade(connection: Connection, revision: str) -> None:
 
 
 def _current(connection: Connection) -> str | None:
-    return MigrationContext.configure(connection).get_current_revision()
+    heads = MigrationContext.configure(connection).get_current_heads()
+    return ", ".join(sorted(heads)) or None
 
 
-async def upgrade(database_url: str, revision: str = "head") -> str | None:
-    """Apply migrations up to `revision`; returns the revision the database is at."""
+async def upgrade(database_url: str, revision: str = "heads") -> str | None:
+    """Apply migrations up to `revision` (every branch by default); returns where it is now."""
     engine = create_engine(database_url)
     try:
         async with engine.begin() as connection:
@@ -47,5 +48,5 @@ async def upgrade(database_url: str, revision: str = "head") -> str | None:
         await engine.dispose()
 
 
-def head_revision() -> str | None:
-    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+def head_revisions() -> tuple[str, ...]:
+    return tuple(ScriptDirectory.from_config(alembic_config()).get_heads())

@@ -16,6 +16,7 @@ from typing import Any, Generic, TypeVar
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from pydantic import ValidationError
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from schemas.topics import dlq_for
@@ -29,6 +30,10 @@ log = logging.getLogger(__name__)
 EventT = TypeVar("EventT")
 
 DLQ_REASON_HEADER = "dlq_reason"
+
+
+class ConcurrentChange(RuntimeError):
+    """Another worker changed what this batch read; the batch is retried from the start."""
 
 
 class PoisonRecord(ValueError):
@@ -92,17 +97,25 @@ class ConsumerRunner(Generic[EventT]):
     async def _process_until_done(
         self, records: list[ConsumerRecord[Any, Any]], stop: asyncio.Event
     ) -> None:
-        delay = 0.5
+        delay = 0.05
         while True:
             try:
                 await self.process(records)
                 return
+            except (ConcurrentChange, IntegrityError, OperationalError) as exc:
+                log.warning(
+                    "%s: batch of %d met a concurrent change (%s); retrying",
+                    self.spec.name,
+                    len(records),
+                    type(exc).__name__,
+                )
             except Exception:
                 log.exception("%s: batch of %d failed; retrying", self.spec.name, len(records))
-                if stop.is_set():
-                    raise
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                delay = max(delay, 0.5)
+            if stop.is_set():
+                raise RuntimeError(f"{self.spec.name}: stopped with a batch not applied")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
     async def process(self, records: Sequence[ConsumerRecord[Any, Any]]) -> None:
         events: list[EventT] = []

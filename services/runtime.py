@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -16,9 +16,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from handoff_service.api import router as handoff_router
 from handoff_service.consumer import MqlRouter
 from handoff_service.routing import load_roster
-from scoring_service.api import router as leads_router
+from scoring_service.api import build_router as build_scoring_router
 from scoring_service.consumer import ActivityApplier
+from scoring_service.jobs import Reapplier
 from scoring_service.lifecycle import LifecycleApplier
+from scoring_service.rulebooks import RulebookCache, install_configured
 from scoring_service.rules import load_rulebook
 from services.app import create_app
 from services.bus import Publisher, make_consumer
@@ -48,6 +50,9 @@ class Part:
     name: str
     routers: list[APIRouter] = field(default_factory=list)
     workers: list[Worker] = field(default_factory=list)
+    setup: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    """Runs once before the workers start (e.g. installing the configured rulebook)."""
+    teardown: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
 
 def _consumers(context: AppContext, service: str, specs: Sequence[ConsumerSpec[Any]]) -> Part:
@@ -78,19 +83,11 @@ def build_part(name: str, context: AppContext) -> Part:
     """Loads the part's configuration (rulebook, roster, policy) and assembles it."""
     settings, clock = context.settings, context.clock
     if name == "gateway":
-        return Part(name, routers=[gateway_router])
+        from services.gateway.webhooks import build_router as build_webhook_router
+
+        return Part(name, routers=[gateway_router, build_webhook_router(settings)])
     if name == "scoring":
-        rulebook = load_rulebook(settings.rulebook)
-        part = _consumers(
-            context,
-            name,
-            [
-                ActivityApplier(rulebook, clock).spec(),
-                LifecycleApplier(clock).spec(),
-            ],
-        )
-        part.routers.append(leads_router)
-        return part
+        return _scoring_part(context)
     if name == "handoff":
         roster = load_roster(settings.roster)
         part = _consumers(context, name, [MqlRouter(roster, clock).spec()])
@@ -102,6 +99,24 @@ def build_part(name: str, context: AppContext) -> Part:
         part.routers.append(build_sla_router(policy))
         return part
     raise ValueError(f"unknown part {name!r}; choose from {', '.join(PART_NAMES)}")
+
+
+def _scoring_part(context: AppContext) -> Part:
+    settings, clock = context.settings, context.clock
+    load_rulebook(settings.rulebook)  # a bad file stops the start with a clear message
+    cache = RulebookCache()
+    applier = ActivityApplier(cache, clock)
+    reapplier = Reapplier(context.sessions, applier, clock)
+    part = _consumers(context, "scoring", [applier.spec(), LifecycleApplier(cache, clock).spec()])
+    part.routers.append(build_scoring_router(cache, reapplier))
+
+    async def install_rulebook() -> None:
+        async with context.sessions() as session, session.begin():
+            await install_configured(session, settings.rulebook, clock=clock)
+
+    part.setup.append(install_rulebook)
+    part.teardown.append(reapplier.wait)
+    return part
 
 
 class Runtime:
@@ -132,6 +147,9 @@ class Runtime:
     async def start(self) -> None:
         await self.context.publisher.start()
         for part in self.parts:
+            for step in part.setup:
+                await step()
+        for part in self.parts:
             for worker in part.workers:
                 task = asyncio.create_task(worker.run(self.stop_event), name=f"{part.name}-worker")
                 self._tasks.append(task)
@@ -151,6 +169,9 @@ class Runtime:
 
     async def stop(self) -> None:
         self.stop_event.set()
+        for part in self.parts:
+            for step in part.teardown:
+                await step()
         if self._tasks:
             _, pending = await asyncio.wait(self._tasks, timeout=STOP_GRACE_SECONDS)
             for task in pending:

@@ -38,7 +38,48 @@ class Settings(BaseSettings):
     outbox_batch_size: int = Field(default=500, ge=1)
     poll_interval_seconds: float = Field(default=0.2, gt=0)
 
-    @field_validator("write_keys", mode="before")
+    # --- gateway (owned by the ingest gateway; keep its settings in this block) ---
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated origins allowed to call the API."
+    )
+    anonymous_id_cookie: str = Field(
+        default="lf_aid",
+        pattern=r"^[A-Za-z0-9_\-]{1,64}$",
+        description="Name of the first-party anonymous-id cookie the pixel and leadflow.js set.",
+    )
+    webhook_secrets: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="Comma-separated source=whsec_... pairs: the Standard Webhooks secrets.",
+    )
+    webhook_mappings: Path = Field(
+        default=Path("examples/webhooks"),
+        description="Folder of <source>.yaml files mapping a tool's webhook payload to activities.",
+    )
+    webhook_tolerance_seconds: int = Field(
+        default=300, ge=1, description="Replay window: how far webhook-timestamp may be from now."
+    )
+    email_scanner_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        description="An email click this soon after delivery is flagged as a link scanner's.",
+    )
+
+    @field_validator("webhook_secrets", mode="before")
+    @classmethod
+    def _split_pairs(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        pairs: dict[str, str] = {}
+        for item in value.split(","):
+            if not item.strip():
+                continue
+            source, sep, secret = item.partition("=")
+            if not sep or not source.strip() or not secret.strip():
+                raise ValueError(f"expected source=secret, got {item.strip()!r}")
+            pairs[source.strip()] = secret.strip()
+        return pairs
+
+    @field_validator("write_keys", "cors_origins", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):

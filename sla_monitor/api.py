@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import APIRouter
 from sqlalchemy import select
 
+from services.auth import OpsDep
 from services.deps import ClockDep, SessionDep
 from services.errors import ApiError
 from sla_monitor.models import SlaClock
@@ -33,7 +34,7 @@ def clock_view(row: SlaClock, policy: AcceptPolicy, now: datetime) -> dict[str, 
 
 
 def build_router(policy: AcceptPolicy) -> APIRouter:
-    router = APIRouter(tags=["sla"])
+    router = APIRouter(tags=["sla"], dependencies=[OpsDep])
 
     @router.get("/sla/leads/{lead_id}", summary="A lead's follow-up clock: policy, deadline")
     async def lead_clock(lead_id: str, session: SessionDep, clock: ClockDep) -> dict[str, Any]:

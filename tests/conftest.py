@@ -12,9 +12,11 @@ import asyncpg
 import httpx
 import pytest
 
+from services.auth import register_key
 from services.broker import EmbeddedBroker
 from services.bus import ensure_topics
 from services.clock import ManualClock
+from services.db import create_engine, session_factory
 from services.migrate import upgrade
 from services.runtime import PART_NAMES, Runtime
 from services.settings import Settings
@@ -26,6 +28,8 @@ POSTGRES_URL = os.environ.get(
 )
 REQUIRE_POSTGRES = os.environ.get("LEADFLOW_REQUIRE_POSTGRES") == "1"
 WRITE_KEY = "test-write-key"
+ADMIN_KEY = "lf_admin_test-key"
+OPS_KEY = "lf_ops_test-key"
 # A Monday, 10:00 in New York: the example SLA calendar's working hours.
 MONDAY_10AM_NEW_YORK = datetime(2026, 11, 23, 15, 0, tzinfo=UTC)
 
@@ -52,12 +56,21 @@ async def _reset_postgres(url: str) -> None:
 
 
 async def _migrated(backend: str, tmp_path: Path) -> str:
+    """A freshly migrated database with an admin and an ops API key."""
     if backend == "sqlite":
         url = f"sqlite+aiosqlite:///{tmp_path / 'leadflow.db'}"
     else:
         url = POSTGRES_URL
         await _reset_postgres(url)
     await upgrade(url)
+    engine = create_engine(url)
+    try:
+        async with session_factory(engine)() as session, session.begin():
+            clock = ManualClock(MONDAY_10AM_NEW_YORK)
+            await register_key(session, ADMIN_KEY, name="tests", role="admin", clock=clock)
+            await register_key(session, OPS_KEY, name="tests", role="ops", clock=clock)
+    finally:
+        await engine.dispose()
     return url
 
 
@@ -109,11 +122,16 @@ async def pipeline(settings: Settings, clock: ManualClock) -> AsyncIterator[Runt
         await runtime.stop()
 
 
-def http_client(runtime: Runtime, *, write_key: str | None = WRITE_KEY) -> httpx.AsyncClient:
+def http_client(
+    runtime: Runtime, *, write_key: str | None = WRITE_KEY, api_key: str | None = ADMIN_KEY
+) -> httpx.AsyncClient:
+    """A client of the in-process app: the write key as basic auth (for tracking calls) and
+    an API key in X-API-Key (for the management API)."""
     return httpx.AsyncClient(
         transport=httpx.ASGITransport(app=runtime.app),
         base_url="http://leadflow.test",
         auth=(write_key, "") if write_key else None,
+        headers={"X-API-Key": api_key} if api_key else None,
     )
 
 

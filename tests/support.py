@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
+import uvicorn
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from services.broker import free_port
 from services.settings import Settings
 
 T = TypeVar("T")
@@ -53,7 +56,9 @@ def values(records: list[Any]) -> list[dict[str, Any]]:
     return [json.loads(record.value) for record in records]
 
 
-async def produce(settings: Settings, topic: str, items: list[tuple[bytes | None, bytes]]) -> None:
+async def produce(
+    settings: Settings, topic: str, items: Sequence[tuple[bytes | None, bytes]]
+) -> None:
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap, acks="all", enable_idempotence=False
     )
@@ -81,3 +86,31 @@ async def eventually(
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {timeout}s (last: {result!r})")
         await asyncio.sleep(interval)
+
+
+@contextlib.asynccontextmanager
+async def serving(app: Any, host: str = "127.0.0.1") -> AsyncIterator[str]:
+    """Serve an ASGI app with uvicorn on a free loopback port in this event loop, for clients
+    that need a real socket (client libraries, browsers); yields the base URL."""
+    server = _QuietServer(
+        uvicorn.Config(app, host=host, port=free_port(host), lifespan="off", log_level="warning")
+    )
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if task.done():
+                task.result()
+                raise RuntimeError("uvicorn stopped before it started")
+            await asyncio.sleep(0.02)
+        yield f"http://{host}:{server.config.port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+class _QuietServer(uvicorn.Server):
+    """uvicorn without signal handlers: pytest owns the process's signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield

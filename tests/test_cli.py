@@ -17,6 +17,7 @@ import httpx
 
 from schemas.topics import LEAD_MQL
 from services.broker import EmbeddedBroker, free_port
+from services.migrate import head_revisions
 from services.settings import Settings
 from tests.conftest import POSTGRES_URL, ROOT, _reset_postgres
 from tests.support import eventually, read_topic, values
@@ -108,9 +109,14 @@ async def test_dev_runs_the_whole_pipeline_and_stops_cleanly_on_ctrl_c(tmp_path:
         assert f"127.0.0.1:{broker_port}" in banner
         assert str(tmp_path / "data") in banner
         assert (tmp_path / "data" / "write_key").read_text().strip() == key.group(1)
+        admin = re.search(r"Admin key\s+(\S+)", banner)
+        assert admin, banner
+        assert (tmp_path / "data" / "admin_key").read_text().strip() == admin.group(1)
 
         async with httpx.AsyncClient(
-            base_url=f"http://127.0.0.1:{port}", auth=(key.group(1), "")
+            base_url=f"http://127.0.0.1:{port}",
+            auth=(key.group(1), ""),
+            headers={"X-API-Key": admin.group(1)},
         ) as client:
             assert (await client.post("/v1/track", json=DEMO)).status_code == 200
 
@@ -163,13 +169,25 @@ async def test_migrate_applies_and_is_idempotent_on_sqlite_and_postgres(tmp_path
             process = leadflow("migrate", env={"LEADFLOW_DATABASE_URL": url})
             stdout, stderr = process.communicate(timeout=60)
             assert process.returncode == 0, stderr
-            assert "database at revision 0001" in stdout
+            assert f"database at revision {', '.join(sorted(head_revisions()))}" in stdout
 
 
 async def test_services_run_as_separate_processes(broker: EmbeddedBroker, tmp_path: Path) -> None:
     database = f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
     migrate = leadflow("migrate", env={"LEADFLOW_DATABASE_URL": database})
     assert migrate.wait(60) == 0
+    create = leadflow(
+        "apikey",
+        "create",
+        "--name",
+        "ops team",
+        "--role",
+        "ops",
+        env={"LEADFLOW_DATABASE_URL": database},
+    )
+    ops_key, stderr = create.communicate(timeout=60)
+    assert create.returncode == 0, stderr
+    assert ops_key.startswith("lf_ops_")
     env = {
         "LEADFLOW_KAFKA_BOOTSTRAP": broker.bootstrap,
         "LEADFLOW_DATABASE_URL": database,
@@ -185,7 +203,7 @@ async def test_services_run_as_separate_processes(broker: EmbeddedBroker, tmp_pa
             "serve", "scoring", "--port", str(scoring_port), env=env, marker="leadflow scoring"
         ) as (scoring, _),
     ):
-        async with httpx.AsyncClient() as client:
+        async with httpx.AsyncClient(headers={"X-API-Key": ops_key.strip()}) as client:
             sent = await client.post(
                 f"http://127.0.0.1:{gateway_port}/v1/track", json=DEMO, auth=("k2", "")
             )
@@ -205,3 +223,17 @@ async def test_services_run_as_separate_processes(broker: EmbeddedBroker, tmp_pa
         for process in (gateway, scoring):
             code, stderr = interrupt(process)
             assert code == 0, stderr
+
+
+def test_rules_check_validates_a_file_offline(tmp_path: Path) -> None:
+    good = leadflow("rules", "check", "examples/rulebook.yaml")
+    stdout, stderr = good.communicate(timeout=60)
+    assert good.returncode == 0, stderr
+    assert "OK, version" in stdout and "triggers" in stdout
+    broken = tmp_path / "rules.yaml"
+    broken.write_text("version: '1'\nmql:\n  threshold: lots\n")
+    bad = leadflow("rules", "check", str(broken))
+    _, stderr = bad.communicate(timeout=60)
+    assert bad.returncode == 2
+    assert "line 3" in stderr and "mql.threshold" in stderr
+    assert "Traceback" not in stderr

@@ -1,124 +1,23 @@
-"""Pure domain logic, no broker or database: rules, routing, calendars, normalization."""
+"""Pure domain logic, no broker or database: routing, calendars, normalization.
+
+The rulebook and the scoring fold are tested in tests/test_rules.py.
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from handoff_service.routing import Rep, RosterError, load_roster, round_robin
-from schemas.events import ActivityData, ActivityType, Identity
-from scoring_service.rules import (
-    Contribution,
-    RulebookError,
-    evaluate,
-    load_rulebook,
-    parse_rulebook,
-    top_contributions,
-)
+from schemas.events import ActivityType
 from services.gateway.segment import InvalidEmail, SegmentTrack, to_activity_event
 from sla_monitor.calendar import BusinessCalendar, add_business_time
 from sla_monitor.policy import AcceptPolicy, PolicyError, load_policy
 from tests.conftest import EXAMPLES
 
 NOW = datetime(2026, 11, 23, 15, tzinfo=UTC)
-
-
-def act(kind: ActivityType, **properties: Any) -> ActivityData:
-    return ActivityData(
-        activity_type=kind,
-        event_name=kind.value,
-        identity=Identity(anonymous_id="a"),
-        properties=properties,
-        channel="test",
-        received_at=NOW,
-    )
-
-
-# --- rulebook ---------------------------------------------------------------------------
-
-RULEBOOK = load_rulebook(EXAMPLES / "rulebook.yaml")
-
-
-def test_pricing_page_scores_its_rule_and_the_generic_page_view() -> None:
-    outcome = evaluate(
-        RULEBOOK, act(ActivityType.PAGE_VIEW, url="https://x.io/pricing"), score=0, qualified=False
-    )
-    assert [(item.rule, item.points) for item in outcome.contributions] == [
-        ("pricing-page-view", 15),
-        ("page-view", 2),
-    ]
-    assert outcome.score == 17
-    assert outcome.qualification is None
-
-
-def test_threshold_qualifies_once_per_cycle() -> None:
-    attend = act(ActivityType.WEBINAR_ATTEND)
-    crossing = evaluate(RULEBOOK, attend, score=80, qualified=False)
-    assert crossing.score == 110
-    assert crossing.qualification is not None
-    assert crossing.qualification.reason == "threshold"
-    again = evaluate(RULEBOOK, attend, score=110, qualified=True)
-    assert again.qualification is None
-    assert again.score == 140
-
-
-def test_demo_request_qualifies_at_once_whatever_the_score() -> None:
-    outcome = evaluate(
-        RULEBOOK, act(ActivityType.FORM_SUBMIT, form="demo-request"), score=0, qualified=False
-    )
-    assert outcome.qualification is not None
-    assert (outcome.qualification.reason, outcome.qualification.trigger) == (
-        "trigger",
-        "demo-request",
-    )
-    newsletter = evaluate(
-        RULEBOOK, act(ActivityType.FORM_SUBMIT, form="newsletter"), score=0, qualified=False
-    )
-    assert newsletter.qualification is None
-
-
-def test_bot_activity_scores_nothing() -> None:
-    bot = act(ActivityType.FORM_SUBMIT, form="demo-request").model_copy(update={"is_bot": True})
-    outcome = evaluate(RULEBOOK, bot, score=5, qualified=False)
-    assert (outcome.contributions, outcome.score, outcome.qualification) == ((), 5, None)
-
-
-def test_top_contributions_sum_per_rule_and_rank() -> None:
-    items = [Contribution("a", 5), Contribution("b", 8), Contribution("a", 5), Contribution("c", 1)]
-    assert top_contributions(items, limit=2) == [Contribution("a", 10), Contribution("b", 8)]
-
-
-@pytest.mark.parametrize(
-    ("document", "message"),
-    [
-        ({"mql": {"threshold": 10}}, "version: Field required"),
-        ({"version": "1", "mql": {"threshold": 0}}, "mql.threshold"),
-        (
-            {
-                "version": "1",
-                "mql": {"threshold": 5},
-                "engagement": [{"name": "x", "when": {"activity": "teleport"}, "points": 1}],
-            },
-            "engagement.0.when.activity",
-        ),
-        ({"version": "1", "mql": {"threshold": 5}, "bonus": 3}, "bonus: Extra inputs"),
-    ],
-)
-def test_bad_rulebook_names_the_field(document: dict[str, Any], message: str) -> None:
-    with pytest.raises(RulebookError, match=message.replace(".", r"\.")):
-        parse_rulebook(document)
-
-
-def test_unreadable_rulebook_names_the_file(tmp_path: Path) -> None:
-    with pytest.raises(RulebookError, match="cannot read rulebook"):
-        load_rulebook(tmp_path / "missing.yaml")
-    broken = tmp_path / "broken.yaml"
-    broken.write_text("version: [unclosed\n")
-    with pytest.raises(RulebookError, match=r"broken\.yaml: not valid YAML"):
-        load_rulebook(broken)
 
 
 # --- routing ----------------------------------------------------------------------------

@@ -1,60 +1,210 @@
-"""Ingest HTTP API: Segment-style tracking calls, answered only after the broker acked."""
+"""The Segment-compatible HTTP Tracking API: `/v1/track|page|screen|identify|alias|group|batch`
+and the one-letter paths analytics.js posts to (`/v1/t`, `/v1/p`, … `/v1/b`). Answered 2xx
+only after the broker acknowledged every event of the request."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from pydantic import ValidationError
 
-from schemas.topics import LEAD_ACTIVITY
-from services.bus import PublishError, record_for
+from schemas.envelope import CloudEvent
 from services.deps import ContextDep
-from services.errors import ApiError, invalid
+from services.errors import ApiError, field_errors
 from services.gateway.auth import require_write_key
-from services.gateway.segment import MAX_EVENT_BYTES, InvalidEmail, SegmentTrack, to_activity_event
+from services.gateway.body import MAX_BATCH_BYTES, MAX_EVENT_BYTES, parse_json_object, read_body
+from services.gateway.cors import CorsRoute, preflight
+from services.gateway.pixel import router as pixel_router
+from services.gateway.publish import publish_activities
+from services.gateway.segment import (
+    CALLS,
+    InvalidEmail,
+    parse_call,
+    parse_time,
+    to_activity_event,
+)
+from services.gateway.stats import stats
+from services.gateway.tracker import router as tracker_router
 
-router = APIRouter(tags=["ingest"])
+router = APIRouter(tags=["ingest"], route_class=CorsRoute)
 
-RETRY_AFTER_SECONDS = "5"
+SINGLE_PATHS = {
+    "track": ("/v1/track", "/v1/t"),
+    "page": ("/v1/page", "/v1/p"),
+    "screen": ("/v1/screen", "/v1/s"),
+    "identify": ("/v1/identify", "/v1/i"),
+    "alias": ("/v1/alias", "/v1/a"),
+    "group": ("/v1/group", "/v1/g"),
+}
+BATCH_PATHS = ("/v1/batch", "/v1/b", "/v1/import")
+SUCCESS = {"success": True}
 
 
-async def _json_body(request: Request, limit: int) -> Any:
-    body = await request.body()
-    if len(body) > limit:
-        raise ApiError(413, "payload_too_large", f"body is {len(body)} bytes; limit is {limit}")
+class _Invalid(Exception):
+    def __init__(self, fields: list[dict[str, str]]) -> None:
+        super().__init__("invalid")
+        self.fields = fields
+
+
+def _normalize(
+    call: str,
+    item: dict[str, Any],
+    *,
+    prefix: list[str],
+    channel: str,
+    context: ContextDep,
+    batch_sent_at: datetime | None = None,
+) -> CloudEvent[Any]:
     try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from exc
-
-
-@router.post("/v1/track", summary="Record an activity (Segment track call)")
-async def track(request: Request, context: ContextDep) -> dict[str, bool]:
-    require_write_key(request, context.settings.write_keys)
-    payload = await _json_body(request, MAX_EVENT_BYTES)
-    if not isinstance(payload, dict):
-        raise ApiError(400, "invalid_json", "body must be a JSON object")
-    try:
-        body = SegmentTrack.model_validate(payload)
-        event = to_activity_event(body, channel="http:/v1/track", now=context.clock.now())
+        message = parse_call(call, item)
+        return to_activity_event(
+            message,
+            channel=channel,
+            now=context.clock.now(),
+            batch_sent_at=batch_sent_at,
+            scanner_seconds=context.settings.email_scanner_seconds,
+        )
     except ValidationError as exc:
-        raise invalid(exc) from exc
+        raise _Invalid(field_errors(exc.errors(), prefix=prefix)) from exc
     except InvalidEmail as exc:
-        raise ApiError(
-            422,
-            "invalid_request",
-            str(exc),
-            fields=[{"field": exc.field, "message": "not a valid email address"}],
-        ) from exc
+        field = ".".join([*prefix, exc.field])
+        raise _Invalid([{"field": field, "message": "not a valid email address"}]) from exc
+
+
+def _unprocessable(fields: list[dict[str, str]]) -> ApiError:
+    names = ", ".join(sorted({field["field"] for field in fields}))
+    return ApiError(422, "invalid_request", f"invalid fields: {names}", fields=fields)
+
+
+def _count_bots(request: Request, events: list[CloudEvent[Any]]) -> None:
+    flagged = sum(1 for event in events if event.data.is_bot)
+    if flagged:
+        stats(request)["bots_flagged"] += flagged
+
+
+def single_call(call: str, path: str) -> Callable[[Request, ContextDep], Awaitable[Any]]:
+    async def endpoint(request: Request, context: ContextDep) -> dict[str, bool]:
+        payload = parse_json_object(await read_body(request, MAX_EVENT_BYTES))
+        require_write_key(request, context.settings.write_keys, body_key=payload.get("writeKey"))
+        try:
+            event = _normalize(call, payload, prefix=[], channel=f"http:{path}", context=context)
+        except _Invalid as exc:
+            raise _unprocessable(exc.fields) from exc
+        _count_bots(request, [event])
+        await publish_activities(context.publisher, [event])
+        return SUCCESS
+
+    endpoint.__name__ = f"{call}_{path.rsplit('/', 1)[-1]}"
+    return endpoint
+
+
+def _sent_at(payload: dict[str, Any]) -> datetime | None:
+    value = payload.get("sentAt")
+    if value in (None, ""):
+        return None
     try:
-        await context.publisher.publish(record_for(LEAD_ACTIVITY, event.subject, event))
-    except PublishError as exc:
-        raise ApiError(
-            503,
-            "broker_unavailable",
-            "event not accepted, retry later",
-            headers={"Retry-After": RETRY_AFTER_SECONDS},
-        ) from exc
-    return {"success": True}
+        return parse_time(value)
+    except ValidationError as exc:
+        raise _unprocessable(field_errors(exc.errors(), prefix=["sentAt"])) from exc
+
+
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def batch_events(payload: dict[str, Any], path: str, context: ContextDep) -> list[CloudEvent[Any]]:
+    """Every message of a batch, normalized; one bad message refuses the whole batch."""
+    items = payload.get("batch")
+    if not isinstance(items, list) or not items:
+        raise _unprocessable([{"field": "batch", "message": "a non-empty list of messages"}])
+    batch_sent_at = _sent_at(payload)
+    shared_context = _object(payload.get("context"))
+    events: list[CloudEvent[Any]] = []
+    problems: list[dict[str, str]] = []
+    for index, item in enumerate(items):
+        prefix = ["batch", str(index)]
+        if not isinstance(item, dict):
+            problems.append({"field": ".".join(prefix), "message": "not a JSON object"})
+            continue
+        size = len(json.dumps(item, separators=(",", ":")).encode())
+        if size > MAX_EVENT_BYTES:
+            raise ApiError(
+                413,
+                "payload_too_large",
+                f"batch.{index} is {size} bytes; limit per message is {MAX_EVENT_BYTES}",
+                fields=[{"field": ".".join(prefix), "message": "message too large"}],
+            )
+        call = item.get("type")
+        if call not in CALLS:
+            problems.append(
+                {"field": ".".join([*prefix, "type"]), "message": f"one of {', '.join(CALLS)}"}
+            )
+            continue
+        if shared_context:
+            item = {**item, "context": {**shared_context, **_object(item.get("context"))}}
+        try:
+            events.append(
+                _normalize(
+                    call,
+                    item,
+                    prefix=prefix,
+                    channel=f"http:{path}",
+                    context=context,
+                    batch_sent_at=batch_sent_at,
+                )
+            )
+        except _Invalid as exc:
+            problems.extend(exc.fields)
+    if problems:
+        raise _unprocessable(problems)
+    return events
+
+
+def batch_call(path: str) -> Callable[[Request, ContextDep], Awaitable[Any]]:
+    async def endpoint(request: Request, context: ContextDep) -> dict[str, bool]:
+        payload = parse_json_object(await read_body(request, MAX_BATCH_BYTES))
+        require_write_key(request, context.settings.write_keys, body_key=payload.get("writeKey"))
+        events = batch_events(payload, path, context)
+        _count_bots(request, events)
+        await publish_activities(context.publisher, events)
+        return SUCCESS
+
+    endpoint.__name__ = f"batch_{path.rsplit('/', 1)[-1]}"
+    return endpoint
+
+
+for _call, _paths in SINGLE_PATHS.items():
+    for _index, _path in enumerate(_paths):
+        router.add_api_route(
+            _path,
+            single_call(_call, _path),
+            methods=["POST"],
+            summary=f"Segment {_call} call",
+            include_in_schema=_index == 0,
+        )
+for _index, _path in enumerate(BATCH_PATHS):
+    router.add_api_route(
+        _path,
+        batch_call(_path),
+        methods=["POST"],
+        summary="Segment batch: up to 500 KB of track/page/identify/alias/group calls",
+        include_in_schema=_index == 0,
+    )
+
+
+@router.options("/v1/{path:path}", include_in_schema=False)
+async def cors_preflight(request: Request, path: str) -> Response:
+    return preflight(request)
+
+
+@router.get("/gateway/stats", tags=["ops"], summary="Gateway counters since this process started")
+async def gateway_stats(request: Request) -> dict[str, int]:
+    return dict(sorted(stats(request).items()))
+
+
+router.include_router(pixel_router)
+router.include_router(tracker_router)

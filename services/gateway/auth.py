@@ -1,4 +1,5 @@
-"""Write keys: the HTTP basic-auth user name, as Segment's libraries send it."""
+"""Write keys where Segment-protocol clients put them: the HTTP basic-auth user name (server
+libraries), or `writeKey` in the JSON body (analytics.js, sendBeacon, which cannot set headers)."""
 
 from __future__ import annotations
 
@@ -26,12 +27,22 @@ def write_key_from(request: Request) -> str | None:
     return user or None
 
 
-def require_write_key(request: Request, accepted: list[str]) -> str:
+def is_accepted(key: str, accepted: list[str]) -> bool:
+    return any(hmac.compare_digest(key.encode(), good.encode()) for good in accepted)
+
+
+def require_write_key(request: Request, accepted: list[str], *, body_key: object = None) -> str:
+    """The caller's write key, from basic auth or else the body's `writeKey`; 401 otherwise."""
     key = write_key_from(request)
+    if key is None and isinstance(body_key, str) and body_key:
+        key = body_key
     if key is None:
         raise ApiError(
-            401, "unauthorized", "missing write key (HTTP basic auth user name)", headers=_CHALLENGE
+            401,
+            "unauthorized",
+            "missing write key (HTTP basic auth user name, or writeKey in the body)",
+            headers=_CHALLENGE,
         )
-    if not any(hmac.compare_digest(key.encode(), good.encode()) for good in accepted):
+    if not is_accepted(key, accepted):
         raise ApiError(401, "unauthorized", "unknown write key", headers=_CHALLENGE)
     return key

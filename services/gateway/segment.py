@@ -1,4 +1,9 @@
-"""Segment-style request bodies and their translation into `lead.activity` events (pure)."""
+"""Segment HTTP Tracking API bodies and their translation into `lead.activity` events (pure).
+
+Every call type of the Segment spec (track, page, screen, identify, alias, group) becomes one
+activity per DESIGN.md "Activity vocabulary"; `messageId` becomes the event id, so a client's
+retry is one event downstream; the event time is corrected for client clock skew from `sentAt`.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +11,24 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, EmailStr, Field, TypeAdapter, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 from schemas.envelope import CloudEvent
 from schemas.events import ActivityData, ActivityType, Identity
 from schemas.registry import ACTIVITY
 from services.codec import envelope
+from services.gateway import bots
+from services.gateway.body import MAX_EVENT_BYTES
 
-MAX_EVENT_BYTES = 32 * 1024
+__all__ = ["MAX_EVENT_BYTES"]
 
 EVENT_NAME_MAP: dict[str, ActivityType] = {
     "page viewed": ActivityType.PAGE_VIEW,
@@ -40,30 +55,105 @@ ATTRIBUTE_ALIASES = {
     "purchaseTimeline": "purchase_timeline",
 }
 
+GROUP_TRAIT_ALIASES = {
+    "name": "company",
+    "company": "company",
+    "industry": "industry",
+    "employees": "company_size",
+    "employee_count": "company_size",
+    "size": "company_size",
+    "companySize": "company_size",
+    "company_size": "company_size",
+    "website": "company_domain",
+    "domain": "company_domain",
+    "annualRevenue": "annual_revenue",
+    "annual_revenue": "annual_revenue",
+    "country": "country",
+    "region": "region",
+}
+"""Segment group traits (the account) to lead attributes; other traits get a `company_` prefix."""
+
+PAGE_FIELDS = ("url", "title", "referrer", "path", "search")
+
 _email = TypeAdapter(EmailStr)
+_datetime = TypeAdapter(datetime)
 
 
-class SegmentTrack(BaseModel):
-    """The body of `POST /v1/track`, with the field names Segment's libraries send."""
+class SegmentMessage(BaseModel):
+    """Fields every Segment call shares, with the names Segment's libraries send."""
 
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    model_config = ConfigDict(extra="allow", populate_by_name=True, coerce_numbers_to_str=True)
 
-    event: str = Field(min_length=1, max_length=200)
     user_id: str | None = Field(default=None, alias="userId", min_length=1, max_length=200)
     anonymous_id: str | None = Field(
         default=None, alias="anonymousId", min_length=1, max_length=200
     )
     message_id: str | None = Field(default=None, alias="messageId", min_length=1, max_length=200)
     timestamp: datetime | None = None
+    sent_at: datetime | None = Field(default=None, alias="sentAt")
     properties: dict[str, Any] = Field(default_factory=dict)
     traits: dict[str, Any] = Field(default_factory=dict)
     context: dict[str, Any] = Field(default_factory=dict)
 
+    call: str = "track"
+
     @model_validator(mode="after")
-    def _needs_identity(self) -> SegmentTrack:
+    def _needs_identity(self) -> SegmentMessage:
         if not self.user_id and not self.anonymous_id:
             raise ValueError("either userId or anonymousId is required")
         return self
+
+
+class SegmentTrack(SegmentMessage):
+    event: str = Field(min_length=1, max_length=200)
+
+
+class SegmentPage(SegmentMessage):
+    call: str = "page"
+    name: str | None = Field(default=None, max_length=200)
+    category: str | None = Field(default=None, max_length=200)
+
+
+class SegmentScreen(SegmentPage):
+    call: str = "screen"
+
+
+class SegmentIdentify(SegmentMessage):
+    call: str = "identify"
+
+
+class SegmentAlias(SegmentMessage):
+    call: str = "alias"
+    user_id: str = Field(alias="userId", min_length=1, max_length=200)
+    previous_id: str = Field(alias="previousId", min_length=1, max_length=200)
+
+
+class SegmentGroup(SegmentMessage):
+    call: str = "group"
+    group_id: str = Field(alias="groupId", min_length=1, max_length=200)
+
+
+CALLS: dict[str, type[SegmentMessage]] = {
+    "track": SegmentTrack,
+    "page": SegmentPage,
+    "screen": SegmentScreen,
+    "identify": SegmentIdentify,
+    "alias": SegmentAlias,
+    "group": SegmentGroup,
+}
+
+
+def parse_call(call: str, payload: dict[str, Any]) -> SegmentMessage:
+    """Validate `payload` as a `call` (the endpoint's, or a batch item's `type`)."""
+    model = CALLS[call]
+    document = {key: value for key, value in payload.items() if key not in ("type", "call")}
+    return model.model_validate({**document, "call": call})
+
+
+class InvalidEmail(ValueError):
+    def __init__(self, field: str) -> None:
+        super().__init__(f"{field} is not a valid email address")
+        self.field = field
 
 
 def activity_type_for(event_name: str) -> ActivityType:
@@ -74,59 +164,153 @@ def activity_type_for(event_name: str) -> ActivityType:
         return EVENT_NAME_MAP.get(name.lower(), ActivityType.CUSTOM)
 
 
-def _traits(body: SegmentTrack) -> dict[str, Any]:
-    context_traits = body.context.get("traits")
-    merged = dict(context_traits) if isinstance(context_traits, dict) else {}
-    merged.update(body.traits)
-    return merged
+def _context_traits(body: SegmentMessage) -> dict[str, Any]:
+    traits = body.context.get("traits")
+    return dict(traits) if isinstance(traits, dict) else {}
 
 
 def lead_attributes(traits: dict[str, Any]) -> dict[str, Any]:
     return {ATTRIBUTE_ALIASES.get(name, name): value for name, value in traits.items()}
 
 
-class InvalidEmail(ValueError):
-    def __init__(self, field: str) -> None:
-        super().__init__(f"{field} is not a valid email address")
-        self.field = field
+def company_attributes(traits: dict[str, Any]) -> dict[str, Any]:
+    attributes: dict[str, Any] = {}
+    for name, value in traits.items():
+        attribute = GROUP_TRAIT_ALIASES.get(name, f"company_{name}")
+        if attribute == "company_domain" and isinstance(value, str):
+            value = value.split("://", 1)[-1].split("/", 1)[0].removeprefix("www.")
+        attributes[attribute] = value
+    return attributes
 
 
-def find_email(body: SegmentTrack) -> str | None:
-    """The email from traits, context.traits or a form's properties; checked, lower-cased."""
-    candidates = (
-        ("traits.email", body.traits.get("email")),
-        ("context.traits.email", (body.context.get("traits") or {}).get("email")),
-        ("properties.email", body.properties.get("email")),
-    )
+def checked_email(candidates: list[tuple[str, Any]]) -> str | None:
+    """The first present email among (field, value) candidates; checked and lower-cased."""
     for field, value in candidates:
         if value in (None, ""):
             continue
         try:
             return str(_email.validate_python(value)).lower()
-        except ValueError as exc:
+        except ValidationError as exc:
             raise InvalidEmail(field) from exc
     return None
 
 
-def to_activity_event(body: SegmentTrack, *, channel: str, now: datetime) -> CloudEvent[Any]:
-    """Normalize a track call; `messageId` becomes the event id so client retries dedupe."""
+def find_email(body: SegmentMessage) -> str | None:
+    """The email from traits, context.traits or a form's properties."""
+    candidates = [("context.traits.email", _context_traits(body).get("email"))]
+    if not isinstance(body, SegmentGroup):  # a group's traits describe the company
+        candidates.insert(0, ("traits.email", body.traits.get("email")))
+        candidates.append(("properties.email", body.properties.get("email")))
+    return checked_email(candidates)
+
+
+def aware(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+def corrected_time(
+    timestamp: datetime | None, sent_at: datetime | None, received_at: datetime
+) -> datetime:
+    """Segment's clock-skew correction: received_at - (sent_at - timestamp) when sent_at is
+    known; the client's timestamp when not; the receive time when there is no timestamp."""
+    if timestamp is None:
+        return received_at
+    timestamp = aware(timestamp)
+    if sent_at is None:
+        return timestamp
+    return received_at - (aware(sent_at) - timestamp)
+
+
+def parse_time(value: Any) -> datetime:
+    """An ISO 8601 time as Segment's libraries send it (naive means UTC); ValidationError if not."""
+    return aware(_datetime.validate_python(value))
+
+
+def _optional_time(value: Any) -> datetime | None:
+    if value in (None, ""):
+        return None
+    try:
+        return parse_time(value)
+    except ValidationError:
+        return None
+
+
+def _activity(body: SegmentMessage) -> tuple[ActivityType, str]:
+    if isinstance(body, SegmentTrack):
+        return activity_type_for(body.event), body.event
+    if isinstance(body, SegmentPage):
+        return ActivityType.PAGE_VIEW, body.name or body.call
+    return ActivityType.IDENTIFY, body.call
+
+
+def _properties(body: SegmentMessage) -> dict[str, Any]:
+    properties = dict(body.properties)
+    if isinstance(body, SegmentPage):
+        page = body.context.get("page")
+        if isinstance(page, dict):
+            for field in PAGE_FIELDS:
+                if field in page and field not in properties:
+                    properties[field] = page[field]
+        if body.category and "category" not in properties:
+            properties["category"] = body.category
+    elif isinstance(body, SegmentAlias):
+        properties["previous_id"] = body.previous_id
+    elif isinstance(body, SegmentGroup):
+        properties["group_id"] = body.group_id
+    return properties
+
+
+def _attributes(body: SegmentMessage) -> dict[str, Any]:
+    if isinstance(body, SegmentGroup):
+        attributes = lead_attributes(_context_traits(body))
+        attributes.update(company_attributes(body.traits))
+    else:
+        merged = _context_traits(body)
+        merged.update(body.traits)
+        attributes = lead_attributes(merged)
+    attributes.pop("email", None)
+    return attributes
+
+
+def to_activity_event(
+    body: SegmentMessage,
+    *,
+    channel: str,
+    now: datetime,
+    batch_sent_at: datetime | None = None,
+    bot_reason: str | None = None,
+    scanner_seconds: float = 10.0,
+) -> CloudEvent[Any]:
+    """Normalize one Segment call into a `lead.activity` CloudEvent."""
     email = find_email(body)
     identity = Identity(email=email, user_id=body.user_id, anonymous_id=body.anonymous_id)
-    event_time = body.timestamp or now
-    if event_time.tzinfo is None:
-        event_time = event_time.replace(tzinfo=UTC)
-    activity_type = activity_type_for(body.event)
-    attributes = lead_attributes(_traits(body))
-    attributes.pop("email", None)
+    sent_at = body.sent_at or batch_sent_at
+    event_time = corrected_time(body.timestamp, sent_at, now)
+    activity_type, event_name = _activity(body)
+    properties = _properties(body)
+    context = {key: value for key, value in body.context.items() if key != "traits"}
+    if body.timestamp is not None and sent_at is not None:
+        context["original_timestamp"] = aware(body.timestamp).isoformat()
+    if activity_type is ActivityType.EMAIL_CLICK:
+        delivered = _optional_time(properties.get("delivered_at"))
+        scanner = bots.scanner_click_reason(event_time, delivered, scanner_seconds)
+    else:
+        scanner = None
+    reason = bots.first_reason(
+        bot_reason, bots.user_agent_reason(context.get("userAgent")), scanner
+    )
+    if reason:
+        context["bot_reason"] = reason
     data = ActivityData(
         activity_type=activity_type,
-        event_name=body.event,
+        event_name=event_name,
         identity=identity,
-        properties=body.properties,
-        attributes=attributes,
-        context={key: value for key, value in body.context.items() if key != "traits"},
+        properties=properties,
+        attributes=_attributes(body),
+        context=context,
         channel=channel,
         received_at=now,
+        is_bot=reason is not None,
     )
     return envelope(
         ACTIVITY,

@@ -1,0 +1,167 @@
+"""Batch reads and writes of scoring's tables, kept apart from the scoring decisions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from schemas.envelope import CloudEvent
+from schemas.events import ActivityData
+from scoring_service.engine import ActivityRecord, LedgerLine
+from scoring_service.models import Activity, Lead, LeadIdentity, LedgerEntry
+
+
+def _locking(session: AsyncSession) -> bool:
+    """Row locks where the database has them; SQLite serializes writers anyway."""
+    return session.get_bind().dialect.name != "sqlite"
+
+
+async def owners_of(session: AsyncSession, keys: Iterable[str]) -> dict[str, str]:
+    """identity key -> lead id, for the keys already known."""
+    wanted = sorted(set(keys))
+    if not wanted:
+        return {}
+    rows = await session.execute(
+        select(LeadIdentity.key, LeadIdentity.lead_id).where(LeadIdentity.key.in_(wanted))
+    )
+    return {key: lead_id for key, lead_id in rows}
+
+
+async def leads_for_update(session: AsyncSession, ids: Iterable[str]) -> dict[str, Lead]:
+    """Load (and on PostgreSQL lock, in id order to avoid deadlocks) the given leads."""
+    wanted = sorted(set(ids))
+    if not wanted:
+        return {}
+    query = select(Lead).where(Lead.id.in_(wanted)).order_by(Lead.id)
+    if _locking(session):
+        query = query.with_for_update()
+    return {lead.id: lead for lead in (await session.scalars(query)).all()}
+
+
+async def insert_activities(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
+        await session.execute(insert(Activity), list(rows))
+
+
+async def activity_log(session: AsyncSession, lead_id: str) -> list[ActivityRecord]:
+    """Every stored activity of a lead, in event-time order."""
+    rows = await session.execute(
+        select(Activity.event_id, Activity.event_time, Activity.envelope)
+        .where(Activity.lead_id == lead_id)
+        .order_by(Activity.event_time, Activity.event_id)
+    )
+    return [to_record(event_id, time, envelope) for event_id, time, envelope in rows]
+
+
+async def first_activity_times(
+    session: AsyncSession, lead_ids: Sequence[str]
+) -> dict[str, datetime]:
+    rows = await session.execute(
+        select(Activity.lead_id, func.min(Activity.event_time))
+        .where(Activity.lead_id.in_(list(lead_ids)))
+        .group_by(Activity.lead_id)
+    )
+    return {lead_id: first for lead_id, first in rows}
+
+
+async def activity_logs(
+    session: AsyncSession, lead_ids: Sequence[str], *, before: datetime
+) -> dict[str, list[ActivityRecord]]:
+    """Activity logs of several leads up to `before`, each in event-time order."""
+    rows = await session.execute(
+        select(Activity.lead_id, Activity.event_id, Activity.event_time, Activity.envelope)
+        .where(Activity.lead_id.in_(list(lead_ids)), Activity.event_time < before)
+        .order_by(Activity.lead_id, Activity.event_time, Activity.event_id)
+    )
+    logs: dict[str, list[ActivityRecord]] = {}
+    for lead_id, event_id, time, envelope in rows:
+        logs.setdefault(lead_id, []).append(to_record(event_id, time, envelope))
+    return logs
+
+
+def to_record(event_id: str, time: Any, envelope: dict[str, Any]) -> ActivityRecord:
+    data = ActivityData.model_validate(envelope["data"])
+    return ActivityRecord(event_id=event_id, time=time, activity=data)
+
+
+def activity_row(event: CloudEvent[ActivityData], lead_id: str) -> dict[str, Any]:
+    return {
+        "event_id": event.id,
+        "lead_id": lead_id,
+        "activity_type": event.data.activity_type.value,
+        "event_time": event.time,
+        "envelope": event.model_dump(mode="json"),
+    }
+
+
+async def write_ledger(
+    session: AsyncSession,
+    lead_id: str,
+    lines: Sequence[LedgerLine],
+    *,
+    version: str,
+    replace: bool,
+) -> None:
+    """Append a lead's new ledger lines, or replace its whole ledger after a replay."""
+    if replace:
+        await session.execute(delete(LedgerEntry).where(LedgerEntry.lead_id == lead_id))
+    if lines:
+        await session.execute(
+            insert(LedgerEntry),
+            [
+                {
+                    "lead_id": lead_id,
+                    "event_id": line.event_id,
+                    "rule": line.rule,
+                    "kind": line.kind,
+                    "points": line.points,
+                    "event_time": line.time,
+                    "rulebook_version": version,
+                }
+                for line in lines
+            ],
+        )
+
+
+async def ledger_lines(
+    session: AsyncSession, lead_id: str, *, since: datetime | None
+) -> list[LedgerLine]:
+    query = select(LedgerEntry).where(LedgerEntry.lead_id == lead_id)
+    if since is not None:
+        query = query.where(LedgerEntry.event_time >= since)
+    return [
+        LedgerLine(
+            event_id=row.event_id,
+            time=row.event_time,
+            rule=row.rule,
+            kind="fit" if row.kind == "fit" else "engagement",
+            points=row.points,
+        )
+        for row in (await session.scalars(query.order_by(LedgerEntry.id))).all()
+    ]
+
+
+async def move_lead(session: AsyncSession, merged: str, survivor: str) -> None:
+    """Repoint everything of `merged` to `survivor`: identities, activities, earlier merges."""
+    await session.execute(
+        update(LeadIdentity).where(LeadIdentity.lead_id == merged).values(lead_id=survivor)
+    )
+    await session.execute(
+        update(Activity).where(Activity.lead_id == merged).values(lead_id=survivor)
+    )
+    await session.execute(
+        update(Lead).where(Lead.merged_into == merged).values(merged_into=survivor)
+    )
+    await session.execute(delete(LedgerEntry).where(LedgerEntry.lead_id == merged))
+
+
+async def resolve_merged(session: AsyncSession, lead_id: str) -> Lead | None:
+    """The lead, or the lead it was merged into."""
+    lead = await session.get(Lead, lead_id)
+    if lead is not None and lead.merged_into:
+        return await session.get(Lead, lead.merged_into)
+    return lead

@@ -1,0 +1,48 @@
+"""Bot and prefetch detection (pure). Flagged events are still published, with `is_bot` set and
+`context.bot_reason` saying why; scoring skips them, and nothing is silently dropped."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+
+CRAWLER = re.compile(
+    r"bot\b|bot/|crawl|spider|slurp|facebookexternalhit|embedly|preview|mediapartners"
+    r"|bingpreview|pingdom|uptimerobot|lighthouse|pagespeed",
+    re.IGNORECASE,
+)
+HEADLESS = re.compile(r"headlesschrome|phantomjs|electron/.*headless", re.IGNORECASE)
+EMAIL_SCANNER = re.compile(
+    r"barracuda|mimecast|proofpoint|messagelabs|symantec|trendmicro|forcepoint|ironport"
+    r"|safelinks|appriver|sophos|cisco|zscaler|linkscanner",
+    re.IGNORECASE,
+)
+
+
+def user_agent_reason(user_agent: object) -> str | None:
+    """Why this user agent is a machine (crawler, headless browser, email scanner), if it is."""
+    if not isinstance(user_agent, str) or not user_agent:
+        return None
+    if EMAIL_SCANNER.search(user_agent):
+        return "email_scanner_user_agent"
+    if HEADLESS.search(user_agent):
+        return "headless_browser"
+    if CRAWLER.search(user_agent):
+        return "crawler_user_agent"
+    return None
+
+
+def scanner_click_reason(
+    clicked_at: datetime, delivered_at: datetime | None, threshold_seconds: float
+) -> str | None:
+    """A click within seconds of the email's delivery is a security scanner following links."""
+    if delivered_at is None or threshold_seconds <= 0:
+        return None
+    elapsed = (clicked_at - delivered_at).total_seconds()
+    if 0 <= elapsed < threshold_seconds:
+        return f"click_{int(elapsed)}s_after_delivery"
+    return None
+
+
+def first_reason(*reasons: str | None) -> str | None:
+    return next((reason for reason in reasons if reason), None)

@@ -1,0 +1,161 @@
+"""`GET /t.gif`: the tracking pixel. It always answers the 1x1 GIF with `Cache-Control: no-store`,
+whatever goes wrong, so it never breaks a page or an email. Problems are counted on
+`/gateway/stats` and logged, never shown.
+
+The pixel waits for the broker's acknowledgement before answering (a pixel has no retry, so
+answering first could only lose data it pretended to take); when the broker does not answer
+within `LEADFLOW_PRODUCE_TIMEOUT_SECONDS` it still returns the GIF and counts
+`pixel_publish_failed`.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import uuid
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from services.deps import ContextDep
+from services.errors import ApiError
+from services.gateway.auth import is_accepted
+from services.gateway.publish import publish_activities
+from services.gateway.segment import InvalidEmail, SegmentMessage, parse_call, to_activity_event
+from services.gateway.stats import stats
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(tags=["ingest"])
+
+GIF = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
+COOKIE_MAX_AGE_SECONDS = 400 * 24 * 3600  # the longest browsers keep a cookie
+UTM_FIELDS = ("utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content")
+CAMPAIGN_KEYS = {
+    "utm_source": "source",
+    "utm_medium": "medium",
+    "utm_campaign": "name",
+    "utm_term": "term",
+    "utm_content": "content",
+}
+
+
+class PixelQuery(BaseModel):
+    """The pixel's query parameters."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    wk: str = Field(min_length=1, max_length=200, description="write key")
+    event: str = Field(default="page_view", min_length=1, max_length=200)
+    url: str | None = Field(default=None, max_length=4096)
+    title: str | None = Field(default=None, max_length=1000)
+    referrer: str | None = Field(default=None, max_length=4096)
+    utm_source: str | None = Field(default=None, max_length=200)
+    utm_medium: str | None = Field(default=None, max_length=200)
+    utm_campaign: str | None = Field(default=None, max_length=200)
+    utm_term: str | None = Field(default=None, max_length=200)
+    utm_content: str | None = Field(default=None, max_length=200)
+    email: str | None = Field(default=None, max_length=320)
+    uid: str | None = Field(default=None, max_length=200)
+    aid: str | None = Field(default=None, max_length=200)
+    mid: str | None = Field(default=None, max_length=200)
+
+
+def pixel_message(query: PixelQuery, anonymous_id: str, user_agent: str | None) -> SegmentMessage:
+    """The pixel hit as the Segment call it stands for: a page call, or a track call."""
+    page = {"url": query.url, "title": query.title, "referrer": query.referrer}
+    page = {key: value for key, value in page.items() if value}
+    campaign = {
+        CAMPAIGN_KEYS[field]: getattr(query, field) for field in UTM_FIELDS if getattr(query, field)
+    }
+    context: dict[str, Any] = {"library": {"name": "leadflow-pixel"}, "page": page}
+    if campaign:
+        context["campaign"] = campaign
+    if user_agent:
+        context["userAgent"] = user_agent
+    properties: dict[str, Any] = {
+        **page,
+        **{field: getattr(query, field) for field in UTM_FIELDS if getattr(query, field)},
+    }
+    payload: dict[str, Any] = {
+        "anonymousId": anonymous_id,
+        "userId": query.uid or None,
+        "messageId": query.mid or None,
+        "properties": properties,
+        "context": context,
+    }
+    if query.email:
+        payload["traits"] = {"email": query.email}
+    if query.event == "page_view":
+        return parse_call("page", payload)
+    return parse_call("track", {**payload, "event": query.event})
+
+
+def _gif(request: Request, set_cookie: str | None) -> Response:
+    response = Response(
+        content=GIF,
+        media_type="image/gif",
+        headers={"Cache-Control": "no-store, max-age=0", "Pragma": "no-cache"},
+    )
+    if set_cookie:
+        response.set_cookie(
+            request.app.state.context.settings.anonymous_id_cookie,
+            set_cookie,
+            max_age=COOKIE_MAX_AGE_SECONDS,
+            path="/",
+            samesite="lax",
+            secure=request.url.scheme == "https",
+        )
+    return response
+
+
+def _reject(request: Request, reason: str) -> None:
+    stats(request)["pixel_rejected"] += 1
+    log.info("pixel hit not recorded: %s (query %s)", reason, request.url.query[:500])
+
+
+@router.api_route(
+    "/t.gif",
+    methods=["GET", "HEAD"],
+    summary="Tracking pixel (always a 1x1 GIF; problems are counted on /gateway/stats)",
+    response_class=Response,
+)
+async def pixel(request: Request, context: ContextDep) -> Response:
+    settings = context.settings
+    cookie = request.cookies.get(settings.anonymous_id_cookie)
+    if cookie is not None and not 0 < len(cookie) <= 200:
+        cookie = None
+    try:
+        query = PixelQuery.model_validate(dict(request.query_params))
+    except ValidationError as exc:
+        fields = sorted({".".join(str(part) for part in error["loc"]) for error in exc.errors()})
+        _reject(request, f"invalid parameters: {', '.join(fields)}")
+        return _gif(request, None if cookie else str(uuid.uuid4()))
+    anonymous_id = query.aid or cookie or str(uuid.uuid4())
+    new_cookie = None if cookie else anonymous_id
+    if not is_accepted(query.wk, settings.write_keys):
+        _reject(request, "unknown write key (wk)")
+        return _gif(request, new_cookie)
+    try:
+        message = pixel_message(query, anonymous_id, request.headers.get("user-agent"))
+        event = to_activity_event(
+            message,
+            channel="http:/t.gif",
+            now=context.clock.now(),
+            bot_reason="head_request" if request.method == "HEAD" else None,
+            scanner_seconds=settings.email_scanner_seconds,
+        )
+    except (ValidationError, InvalidEmail) as exc:
+        _reject(request, f"invalid parameters: {exc}")
+        return _gif(request, new_cookie)
+    if event.data.is_bot:
+        stats(request)["bots_flagged"] += 1
+    try:
+        await publish_activities(context.publisher, [event])
+    except ApiError:
+        stats(request)["pixel_publish_failed"] += 1
+        log.warning("pixel hit %s not recorded: the broker did not acknowledge it", event.id)
+    else:
+        stats(request)["pixel_recorded"] += 1
+    return _gif(request, new_cookie)

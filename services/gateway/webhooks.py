@@ -1,0 +1,217 @@
+"""`POST /webhooks/{source}`: signed marketing-automation webhooks (forms, email opens and
+clicks, webinars, unsubscribes), mapped to activities by the source's YAML mapping.
+
+Order of checks: known source (404) → size (413) → Standard Webhooks signature and replay
+window (401) → already-accepted `webhook-id` (200, nothing produced) → body readable by the
+mapping (400/422) → broker acknowledgement (503 + Retry-After) → the delivery is recorded and
+the answer is 200. Event ids are `wh:<source>:<webhook-id>:<n>`, so a redelivery that slips
+past the store (two at once, or a store write that failed) is still one event downstream.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime
+from typing import Any
+
+from fastapi import APIRouter, Request
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from schemas.envelope import CloudEvent
+from schemas.events import ActivityData, ActivityType, Identity
+from schemas.registry import ACTIVITY
+from services.codec import envelope
+from services.deps import ContextDep
+from services.errors import ApiError
+from services.gateway import bots
+from services.gateway.body import MAX_BATCH_BYTES, read_body
+from services.gateway.mapping import (
+    MappedActivity,
+    MappingError,
+    WebhookMapping,
+    load_mappings,
+    map_payload,
+    parse_form,
+)
+from services.gateway.models import WebhookDelivery
+from services.gateway.publish import publish_activities
+from services.gateway.signature import SignatureError, secret_bytes, verify
+from services.gateway.stats import stats
+from services.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def webhook_event(
+    source: str,
+    webhook_id: str,
+    index: int,
+    mapped: MappedActivity,
+    *,
+    now: datetime,
+    scanner_seconds: float,
+) -> CloudEvent[Any]:
+    """A mapped webhook event as a `lead.activity` CloudEvent (pure)."""
+    identity = Identity(
+        email=mapped.email, user_id=mapped.user_id, anonymous_id=mapped.anonymous_id
+    )
+    event_time = mapped.time or now
+    scanner = (
+        bots.scanner_click_reason(event_time, mapped.delivered_at, scanner_seconds)
+        if mapped.activity_type is ActivityType.EMAIL_CLICK
+        else None
+    )
+    reason = bots.first_reason(
+        "flagged_by_source" if mapped.flagged_bot else None,
+        bots.user_agent_reason(mapped.user_agent),
+        scanner,
+    )
+    context: dict[str, Any] = {"webhook": {"source": source, "id": webhook_id}}
+    if mapped.user_agent:
+        context["userAgent"] = mapped.user_agent
+    if mapped.delivered_at:
+        context["delivered_at"] = mapped.delivered_at.isoformat()
+    if reason:
+        context["bot_reason"] = reason
+    attributes = dict(mapped.attributes)
+    attributes.pop("email", None)
+    data = ActivityData(
+        activity_type=mapped.activity_type,
+        event_name=mapped.event_name,
+        identity=identity,
+        properties=mapped.properties,
+        attributes=attributes,
+        context=context,
+        channel=f"webhook:{source}",
+        received_at=now,
+        is_bot=reason is not None,
+    )
+    return envelope(
+        ACTIVITY,
+        event_id=f"wh:{source}:{webhook_id}:{index}",
+        source=f"leadflow/gateway/webhooks/{source}",
+        type_=f"lead.activity.{mapped.activity_type.value}",
+        time=event_time,
+        subject=identity.key(),
+        data=data,
+    )
+
+
+def _payload(request: Request, body: bytes) -> Any:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "application/x-www-form-urlencoded":
+        return parse_form(body)
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from exc
+
+
+def configured_sources(settings: Settings) -> dict[str, tuple[WebhookMapping, str]]:
+    """Sources with both a mapping and a secret; a secret without a mapping stops the start."""
+    mappings = load_mappings(settings.webhook_mappings)
+    sources: dict[str, tuple[WebhookMapping, str]] = {}
+    for source, secret in settings.webhook_secrets.items():
+        if source not in mappings:
+            raise ValueError(
+                f"LEADFLOW_WEBHOOK_SECRETS names source {source!r}, but "
+                f"{settings.webhook_mappings} has no mapping for it"
+            )
+        try:
+            secret_bytes(secret)
+        except ValueError as exc:
+            raise ValueError(f"LEADFLOW_WEBHOOK_SECRETS: source {source!r}: {exc}") from exc
+        sources[source] = (mappings[source], secret)
+    return sources
+
+
+async def _already_accepted(context: ContextDep, source: str, webhook_id: str) -> bool:
+    async with context.sessions() as session:
+        found = await session.scalar(
+            select(WebhookDelivery.webhook_id).where(
+                WebhookDelivery.source == source, WebhookDelivery.webhook_id == webhook_id
+            )
+        )
+    return found is not None
+
+
+async def _record(context: ContextDep, source: str, webhook_id: str, events: int) -> None:
+    """Remember the delivery. Its events are already acknowledged by the broker, so a failure
+    here only costs a redelivery being produced again (and deduplicated downstream)."""
+    try:
+        async with context.sessions() as session, session.begin():
+            session.add(
+                WebhookDelivery(
+                    source=source,
+                    webhook_id=webhook_id,
+                    events=events,
+                    received_at=context.clock.now(),
+                )
+            )
+    except IntegrityError:
+        pass  # the same delivery, accepted concurrently
+    except SQLAlchemyError:
+        log.exception("webhook %s/%s accepted but not recorded", source, webhook_id)
+
+
+def build_router(settings: Settings) -> APIRouter:
+    """The webhook endpoint for the sources configured in `settings` (checked now)."""
+    sources = configured_sources(settings)
+    router = APIRouter(tags=["webhooks"])
+
+    @router.post(
+        "/webhooks/{source}",
+        summary="A signed marketing-automation webhook (Standard Webhooks)",
+    )
+    async def webhook(source: str, request: Request, context: ContextDep) -> dict[str, bool]:
+        if source not in sources:
+            raise ApiError(404, "unknown_source", f"no webhook source {source!r} is configured")
+        mapping, secret = sources[source]
+        body = await read_body(request, MAX_BATCH_BYTES)
+        try:
+            webhook_id, _ = verify(
+                secret,
+                request.headers,
+                body,
+                now=context.clock.now(),
+                tolerance_seconds=context.settings.webhook_tolerance_seconds,
+            )
+        except SignatureError as exc:
+            stats(request)["webhooks_refused_signature"] += 1
+            raise ApiError(401, "invalid_signature", str(exc)) from exc
+        if await _already_accepted(context, source, webhook_id):
+            stats(request)["webhooks_duplicate"] += 1
+            return {"success": True, "duplicate": True}
+        try:
+            mapped = map_payload(mapping, _payload(request, body))
+        except MappingError as exc:
+            names = ", ".join(item["field"] for item in exc.fields)
+            raise ApiError(
+                422,
+                "unmappable_payload",
+                f"the {source} mapping cannot read: {names}",
+                fields=exc.fields,
+            ) from exc
+        now = context.clock.now()
+        events = [
+            webhook_event(
+                source,
+                webhook_id,
+                index,
+                item,
+                now=now,
+                scanner_seconds=context.settings.email_scanner_seconds,
+            )
+            for index, item in enumerate(mapped)
+        ]
+        await publish_activities(context.publisher, events)
+        await _record(context, source, webhook_id, len(events))
+        flagged = sum(1 for event in events if event.data.is_bot)
+        if flagged:
+            stats(request)["bots_flagged"] += flagged
+        stats(request)["webhook_events"] += len(events)
+        return {"success": True}
+
+    return router
