@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, EmailStr, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, WithJsonSchema
 
 
 class _Data(BaseModel):
@@ -25,10 +25,27 @@ class ActivityType(StrEnum):
     CUSTOM = "custom"
 
 
+def _plausible_email(value: str) -> str:
+    """A cheap shape check: the gateway validates addresses fully at the edge, and consumers
+    read every event, so they should not pay for full RFC validation again."""
+    local, at, domain = value.rpartition("@")
+    if not at or not local or "." not in domain.strip(".") or any(c.isspace() for c in value):
+        raise ValueError("value is not a valid email address")
+    return value
+
+
+Email = Annotated[
+    str,
+    Field(max_length=320),
+    AfterValidator(_plausible_email),
+    WithJsonSchema({"type": "string", "format": "email", "maxLength": 320}),
+]
+
+
 class Identity(_Data):
     """Who did it, as far as the sender knows. At least one field is set."""
 
-    email: EmailStr | None = None
+    email: Email | None = None
     user_id: str | None = None
     anonymous_id: str | None = None
 

@@ -21,7 +21,7 @@ from schemas.events import ActivityData, LeadMqlData, LeadScoredData, RuleContri
 from schemas.registry import MQL, SCORED
 from schemas.topics import LEAD_ACTIVITY
 from scoring_service import engine, store
-from scoring_service.engine import ActivityRecord, LeadState, Step
+from scoring_service.engine import ActivityRecord, LeadState, LedgerLine, Step
 from scoring_service.models import Lead, LeadIdentity
 from scoring_service.rulebooks import ActiveRulebook, RulebookCache
 from services.clock import Clock
@@ -118,9 +118,11 @@ class ActivityApplier:
         await store.insert_activities(
             session, [store.activity_row(event, _final(lead, leads).id) for event, lead in placed]
         )
+        ledger = store.LedgerWrites()
         for item in work.values():
             if item.lead.merged_into is None:
-                await self._score(session, item, active)
+                await self._score(session, item, active, ledger)
+        await ledger.write(session)
 
     async def _stitch(
         self,
@@ -228,13 +230,16 @@ class ActivityApplier:
     ) -> None:
         """Score a lead again from its stored log (after a rulebook change)."""
         item = LeadWork(lead=lead, state=state_of(lead), previous_score=lead.score, replay=True)
-        await self._score(session, item, active, cause=cause)
+        ledger = store.LedgerWrites()
+        await self._score(session, item, active, ledger, cause=cause)
+        await ledger.write(session)
 
     async def _score(
         self,
         session: AsyncSession,
         item: LeadWork,
         active: ActiveRulebook,
+        ledger: store.LedgerWrites,
         *,
         cause: str | None = None,
     ) -> None:
@@ -252,13 +257,16 @@ class ActivityApplier:
                 steps.append(step)
                 state = step.state
         lines = [line for step in steps for line in step.lines]
-        await store.write_ledger(
-            session, item.lead.id, lines, version=active.version, replace=replace
-        )
+        ledger.add(item.lead.id, lines, version=active.version, replace=replace)
         self._update_lead(item.lead, state, active)
         qualification = next((step for step in steps if step.qualification), None)
         if qualification is not None and not item.lead.qualified_in_cycle:
-            await self._qualify(session, item.lead, qualification, active)
+            stored = (
+                []
+                if replace
+                else await store.ledger_lines(session, item.lead.id, since=state.cycle_start)
+            )
+            await self._qualify(session, item.lead, qualification, active, [*stored, *lines])
         self._emit_scored(session, item, cause or pending[-1].event_id, active)
 
     def _update_lead(self, lead: Lead, state: LeadState, active: ActiveRulebook) -> None:
@@ -274,7 +282,12 @@ class ActivityApplier:
         lead.updated_at = self._clock.now()
 
     async def _qualify(
-        self, session: AsyncSession, lead: Lead, step: Step, active: ActiveRulebook
+        self,
+        session: AsyncSession,
+        lead: Lead,
+        step: Step,
+        active: ActiveRulebook,
+        lines: list[LedgerLine],
     ) -> None:
         qualification = step.qualification
         assert qualification is not None
@@ -295,11 +308,7 @@ class ActivityApplier:
             trigger=qualification.trigger,
             rulebook_version=active.version,
             qualified_at=qualification.time,
-            top_rules=_wire(
-                engine.top_rules(
-                    await store.ledger_lines(session, lead.id, since=step.state.cycle_start)
-                )
-            ),
+            top_rules=_wire(engine.top_rules(_since(lines, step.state.cycle_start))),
         )
         self._emitter.emit(
             session,
@@ -355,6 +364,10 @@ def _take_lifecycle(survivor: Lead, merged: Lead) -> None:
         survivor.stage = merged.stage
         survivor.owner_rep_id, survivor.owner_name = merged.owner_rep_id, merged.owner_name
     survivor.email = survivor.email or merged.email
+
+
+def _since(lines: list[LedgerLine], start: datetime | None) -> list[LedgerLine]:
+    return lines if start is None else [line for line in lines if line.time >= start]
 
 
 def _continues(state: LeadState, pending: Sequence[ActivityRecord]) -> bool:

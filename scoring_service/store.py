@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from schemas.envelope import CloudEvent
 from schemas.events import ActivityData
 from scoring_service.engine import ActivityRecord, LedgerLine
 from scoring_service.models import Activity, Lead, LeadIdentity, LedgerEntry
+from services.db import bulk_insert
 
 
 def _locking(session: AsyncSession) -> bool:
@@ -43,8 +45,7 @@ async def leads_for_update(session: AsyncSession, ids: Iterable[str]) -> dict[st
 
 
 async def insert_activities(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
-    if rows:
-        await session.execute(insert(Activity), list(rows))
+    await bulk_insert(session, Activity, rows)
 
 
 async def activity_log(session: AsyncSession, lead_id: str) -> list[ActivityRecord]:
@@ -98,33 +99,38 @@ def activity_row(event: CloudEvent[ActivityData], lead_id: str) -> dict[str, Any
     }
 
 
-async def write_ledger(
-    session: AsyncSession,
-    lead_id: str,
-    lines: Sequence[LedgerLine],
-    *,
-    version: str,
-    replace: bool,
-) -> None:
-    """Append a lead's new ledger lines, or replace its whole ledger after a replay."""
-    if replace:
-        await session.execute(delete(LedgerEntry).where(LedgerEntry.lead_id == lead_id))
-    if lines:
-        await session.execute(
-            insert(LedgerEntry),
-            [
-                {
-                    "lead_id": lead_id,
-                    "event_id": line.event_id,
-                    "rule": line.rule,
-                    "kind": line.kind,
-                    "points": line.points,
-                    "event_time": line.time,
-                    "rulebook_version": version,
-                }
-                for line in lines
-            ],
+@dataclass
+class LedgerWrites:
+    """A batch's ledger changes, written in two statements: replaced ledgers are deleted,
+    then every new line is inserted."""
+
+    replaced: set[str] = field(default_factory=set)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(
+        self, lead_id: str, lines: Sequence[LedgerLine], *, version: str, replace: bool
+    ) -> None:
+        if replace:
+            self.replaced.add(lead_id)
+        self.rows.extend(
+            {
+                "lead_id": lead_id,
+                "event_id": line.event_id,
+                "rule": line.rule,
+                "kind": line.kind,
+                "points": line.points,
+                "event_time": line.time,
+                "rulebook_version": version,
+            }
+            for line in lines
         )
+
+    async def write(self, session: AsyncSession) -> None:
+        if self.replaced:
+            await session.execute(
+                delete(LedgerEntry).where(LedgerEntry.lead_id.in_(sorted(self.replaced)))
+            )
+        await bulk_insert(session, LedgerEntry, self.rows)
 
 
 async def ledger_lines(

@@ -120,5 +120,6 @@ def make_consumer(settings: Settings, group_id: str, *topic_names: str) -> AIOKa
         auto_offset_reset="earliest",
         max_poll_records=settings.consumer_batch_size,
         session_timeout_ms=settings.consumer_session_timeout_ms,
+        fetch_max_wait_ms=settings.consumer_fetch_max_wait_ms,
         heartbeat_interval_ms=max(100, settings.consumer_session_timeout_ms // 10),
     )

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import DateTime, MetaData, TypeDecorator, event
+from sqlalchemy import JSON, DateTime, MetaData, Table, TypeDecorator, event, insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -82,3 +84,28 @@ def _sqlite_begin_immediate(connection: Any) -> None:
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
+
+
+async def bulk_insert(
+    session: AsyncSession, model: type[Base], rows: Sequence[dict[str, Any]]
+) -> None:
+    """Insert many rows in the session's transaction: COPY on PostgreSQL (several times faster
+    than a multi-row INSERT for the hot tables), a plain executemany elsewhere."""
+    if not rows:
+        return
+    table = model.__table__
+    assert isinstance(table, Table)
+    if session.get_bind().dialect.name != "postgresql":
+        await session.execute(insert(table), list(rows))
+        return
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    columns = [column.name for column in table.columns if column.name in rows[0]]
+    as_json = {column.name for column in table.columns if isinstance(column.type, JSON)}
+    records = [
+        tuple(json.dumps(row[name]) if name in as_json else row[name] for name in columns)
+        for row in rows
+    ]
+    driver = raw.driver_connection
+    assert driver is not None
+    await driver.copy_records_to_table(table.name, records=records, columns=columns)

@@ -23,6 +23,7 @@ from schemas.topics import dlq_for
 from services.bus import Publisher
 from services.clock import Clock
 from services.config_files import describe
+from services.db import bulk_insert
 from services.models import ProcessedEvent
 
 log = logging.getLogger(__name__)
@@ -171,15 +172,15 @@ class ConsumerRunner(Generic[EventT]):
             ).all()
         )
         fresh: list[EventT] = []
+        rows = []
         now = self._clock.now()
         for event_id, event in zip(ids, events, strict=True):
             if event_id in seen:
                 continue
             seen.add(event_id)
             fresh.append(event)
-            session.add(
-                ProcessedEvent(consumer=self.spec.group_id, event_id=event_id, processed_at=now)
-            )
+            rows.append({"consumer": self.spec.group_id, "event_id": event_id, "processed_at": now})
+        await bulk_insert(session, ProcessedEvent, rows)
         return fresh
 
 

@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     broker_port: int | None = Field(default=None, ge=0, le=65535)
     produce_timeout_seconds: float = Field(default=5.0, gt=0)
     consumer_batch_size: int = Field(default=500, ge=1)
+    consumer_fetch_max_wait_ms: int = Field(
+        default=100, ge=1, description="Longest a fetch waits for new records (latency bound)."
+    )
     consumer_session_timeout_ms: int = Field(
         default=6000, ge=1000, description="Consumer group session timeout; joins take about half."
     )
