@@ -14,9 +14,9 @@ from schemas.events import LeadAssignedData, LeadMqlData
 from schemas.registry import ASSIGNED
 from schemas.topics import LEAD_MQL
 from services.clock import Clock
-from services.codec import decode
+from services.codec import PoisonRecord, decode
 from services.outbox import Emitter
-from services.runner import ConsumerSpec, PoisonRecord
+from services.runner import ConsumerSpec
 
 STRATEGY = "round_robin"
 

@@ -25,9 +25,9 @@ from scoring_service.engine import ActivityRecord, LeadState, LedgerLine, Step
 from scoring_service.models import Lead, LeadIdentity
 from scoring_service.rulebooks import ActiveRulebook, RulebookCache
 from services.clock import Clock
-from services.codec import decode
+from services.codec import PoisonRecord, decode
 from services.outbox import Emitter
-from services.runner import ConcurrentChange, ConsumerSpec, PoisonRecord
+from services.runner import ConcurrentChange, ConsumerSpec
 
 ActivityEvent = CloudEvent[ActivityData]
 

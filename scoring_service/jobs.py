@@ -22,6 +22,7 @@ from scoring_service.consumer import ActivityApplier
 from scoring_service.models import Lead, ScoringJob
 from scoring_service.rulebooks import ActiveRulebook
 from services.clock import Clock
+from services.outbox import write_pending
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,7 @@ class Reapplier:
             await self._applier.rescore(
                 session, lead, ActiveRulebook(version, rulebook), cause=cause
             )
+            await write_pending(session)
             return int(lead.mql_cycle > cycle)
 
     async def _finish(

@@ -19,8 +19,8 @@ from scoring_service.consumer import state_of
 from scoring_service.models import Lead
 from scoring_service.rulebooks import RulebookCache
 from services.clock import Clock
-from services.codec import decode
-from services.runner import ConsumerSpec, PoisonRecord
+from services.codec import PoisonRecord, decode
+from services.runner import ConsumerSpec
 
 LifecycleEvent = CloudEvent[LeadAssignedData] | CloudEvent[LeadStatusData]
 

@@ -9,9 +9,12 @@ from pydantic import BaseModel
 
 from schemas.envelope import CloudEvent
 from schemas.registry import Contract
-from services.runner import PoisonRecord
 
 DataT = TypeVar("DataT", bound=BaseModel)
+
+
+class PoisonRecord(ValueError):
+    """Raised by a parser for a record no retry can fix."""
 
 
 def decode(model: type[CloudEvent[DataT]], value: bytes | None) -> CloudEvent[DataT]:

@@ -9,14 +9,16 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import delete, select
+from sqlalchemy import delete, event, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session
 
 from schemas.envelope import CloudEvent
 from schemas.registry import Contract
 from services.bus import OutgoingRecord, Publisher, PublishError, encode
 from services.clock import Clock
 from services.codec import envelope
+from services.db import bulk_insert
 from services.models import OutboxRecord
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,9 @@ class Emitter:
         )
 
 
+_PENDING = "leadflow.outbox.pending"
+
+
 def enqueue(
     session: AsyncSession,
     *,
@@ -70,17 +75,33 @@ def enqueue(
     event: CloudEvent[Any],
     clock: Clock,
 ) -> None:
-    """Add an event to the outbox in the caller's transaction."""
-    session.add(
-        OutboxRecord(
-            service=service,
-            topic=topic,
-            key=key,
-            ce_type=event.type,
-            payload=encode(event),
-            created_at=clock.now(),
-        )
+    """Add an event to the outbox in the caller's transaction; `write_pending` stores it."""
+    session.info.setdefault(_PENDING, []).append(
+        {
+            "service": service,
+            "topic": topic,
+            "key": key,
+            "ce_type": event.type,
+            "payload": encode(event),
+            "created_at": clock.now(),
+        }
     )
+
+
+async def write_pending(session: AsyncSession) -> None:
+    """Insert the events enqueued in this transaction, in one statement, in their order."""
+    await bulk_insert(session, OutboxRecord, session.info.pop(_PENDING, []))
+
+
+@event.listens_for(Session, "before_commit")
+def _refuse_unwritten_events(session: Session) -> None:
+    if session.info.get(_PENDING):
+        raise RuntimeError("outbox events were enqueued but not written: call write_pending")
+
+
+@event.listens_for(Session, "after_rollback")
+def _forget_pending_events(session: Session) -> None:
+    session.info.pop(_PENDING, None)
 
 
 class OutboxRelay:

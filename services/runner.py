@@ -22,9 +22,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from schemas.topics import dlq_for
 from services.bus import Publisher
 from services.clock import Clock
+from services.codec import PoisonRecord
 from services.config_files import describe
 from services.db import bulk_insert
 from services.models import ProcessedEvent
+from services.outbox import write_pending
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +37,6 @@ DLQ_REASON_HEADER = "dlq_reason"
 
 class ConcurrentChange(RuntimeError):
     """Another worker changed what this batch read; the batch is retried from the start."""
-
-
-class PoisonRecord(ValueError):
-    """Raised by a parser for a record no retry can fix."""
 
 
 Parser = Callable[[str, bytes | None], EventT]
@@ -128,6 +126,7 @@ class ConsumerRunner(Generic[EventT]):
             fresh = await self._unseen(session, events)
             if fresh:
                 await self.spec.handle(session, fresh)
+                await write_pending(session)
         self.applied += len(fresh)
         await self._consumer.commit(_next_offsets(records))
         if fresh and self._after_commit is not None:

@@ -11,9 +11,9 @@ from schemas.events import LeadAssignedData, SlaEventData
 from schemas.registry import SLA_EVENT
 from schemas.topics import LEAD_ASSIGNED
 from services.clock import Clock
-from services.codec import decode
+from services.codec import PoisonRecord, decode
 from services.outbox import Emitter
-from services.runner import ConsumerSpec, PoisonRecord
+from services.runner import ConsumerSpec
 from sla_monitor.models import SlaClock
 from sla_monitor.policy import AcceptPolicy
 
