@@ -264,9 +264,11 @@ class ActivityApplier:
             stored = (
                 []
                 if replace
-                else await store.ledger_lines(session, item.lead.id, since=state.cycle_start)
+                else await store.rule_totals(session, item.lead.id, since=state.cycle_start)
             )
-            await self._qualify(session, item.lead, qualification, active, [*stored, *lines])
+            recent = [(line.rule, line.points) for line in _since(lines, state.cycle_start)]
+            top = engine.rank_rules([*stored, *recent])
+            await self._qualify(session, item.lead, qualification, active, top)
         self._emit_scored(session, item, cause or pending[-1].event_id, active)
 
     def _update_lead(self, lead: Lead, state: LeadState, active: ActiveRulebook) -> None:
@@ -287,7 +289,7 @@ class ActivityApplier:
         lead: Lead,
         step: Step,
         active: ActiveRulebook,
-        lines: list[LedgerLine],
+        top_rules: list[tuple[str, float]],
     ) -> None:
         qualification = step.qualification
         assert qualification is not None
@@ -308,7 +310,7 @@ class ActivityApplier:
             trigger=qualification.trigger,
             rulebook_version=active.version,
             qualified_at=qualification.time,
-            top_rules=_wire(engine.top_rules(_since(lines, step.state.cycle_start))),
+            top_rules=_wire(top_rules),
         )
         self._emitter.emit(
             session,

@@ -612,9 +612,14 @@ def replay(
 
 def top_rules(lines: Iterable[LedgerLine], limit: int = 5) -> list[tuple[str, float]]:
     """The rules that gave the most points, summed per rule; rules netting zero are left out."""
+    return rank_rules(((line.rule, line.points) for line in lines), limit)
+
+
+def rank_rules(points: Iterable[tuple[str, float]], limit: int = 5) -> list[tuple[str, float]]:
+    """(rule, points) pairs summed per rule and ranked, best first; zero totals left out."""
     totals: dict[str, float] = {}
-    for line in lines:
-        totals[line.rule] = totals.get(line.rule, 0.0) + line.points
+    for rule, value in points:
+        totals[rule] = totals.get(rule, 0.0) + value
     ranked = sorted(
         ((rule, _round(points)) for rule, points in totals.items() if _round(points) != 0),
         key=lambda pair: (-pair[1], pair[0]),

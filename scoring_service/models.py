@@ -72,7 +72,8 @@ class Activity(Base):
     lead_id: Mapped[str] = mapped_column(ForeignKey("scoring_leads.id"), index=True)
     activity_type: Mapped[str] = mapped_column(String(50))
     event_time: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
-    envelope: Mapped[dict[str, Any]] = mapped_column(JSON)
+    envelope: Mapped[str] = mapped_column(Text)
+    """The CloudEvent as received (JSON text), parsed again only for replays."""
 
 
 class StoredRulebook(Base):

@@ -84,8 +84,11 @@ async def activity_logs(
     return logs
 
 
-def to_record(event_id: str, time: Any, envelope: dict[str, Any]) -> ActivityRecord:
-    data = ActivityData.model_validate(envelope["data"])
+_ActivityEvent = CloudEvent[ActivityData]
+
+
+def to_record(event_id: str, time: Any, envelope: str) -> ActivityRecord:
+    data = _ActivityEvent.model_validate_json(envelope).data
     return ActivityRecord(event_id=event_id, time=time, activity=data)
 
 
@@ -95,7 +98,7 @@ def activity_row(event: CloudEvent[ActivityData], lead_id: str) -> dict[str, Any
         "lead_id": lead_id,
         "activity_type": event.data.activity_type.value,
         "event_time": event.time,
-        "envelope": event.model_dump(mode="json"),
+        "envelope": event.model_dump_json(),
     }
 
 
@@ -133,22 +136,18 @@ class LedgerWrites:
         await bulk_insert(session, LedgerEntry, self.rows)
 
 
-async def ledger_lines(
+async def rule_totals(
     session: AsyncSession, lead_id: str, *, since: datetime | None
-) -> list[LedgerLine]:
-    query = select(LedgerEntry).where(LedgerEntry.lead_id == lead_id)
+) -> list[tuple[str, float]]:
+    """Points per rule in a lead's stored ledger (since the cycle start), summed by the database."""
+    query = (
+        select(LedgerEntry.rule, func.sum(LedgerEntry.points))
+        .where(LedgerEntry.lead_id == lead_id)
+        .group_by(LedgerEntry.rule)
+    )
     if since is not None:
         query = query.where(LedgerEntry.event_time >= since)
-    return [
-        LedgerLine(
-            event_id=row.event_id,
-            time=row.event_time,
-            rule=row.rule,
-            kind="fit" if row.kind == "fit" else "engagement",
-            points=row.points,
-        )
-        for row in (await session.scalars(query.order_by(LedgerEntry.id))).all()
-    ]
+    return [(rule, float(total)) for rule, total in (await session.execute(query)).all()]
 
 
 async def move_lead(session: AsyncSession, merged: str, survivor: str) -> None:

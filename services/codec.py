@@ -13,6 +13,10 @@ from schemas.registry import Contract
 DataT = TypeVar("DataT", bound=BaseModel)
 
 
+_AnyEvent = CloudEvent[Any]
+"""Parametrized once: pydantic builds a class per parametrization lookup otherwise."""
+
+
 class PoisonRecord(ValueError):
     """Raised by a parser for a record no retry can fix."""
 
@@ -33,7 +37,7 @@ def envelope(
     subject: str,
     data: BaseModel,
 ) -> CloudEvent[Any]:
-    return CloudEvent[Any](
+    return _AnyEvent(
         id=event_id,
         source=source,
         type=type_,

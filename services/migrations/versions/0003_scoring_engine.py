@@ -32,6 +32,11 @@ def upgrade() -> None:
             sa.Column("kind", sa.String(16), nullable=False, server_default="engagement")
         )
 
+    with op.batch_alter_table("scoring_activities") as batch:
+        batch.alter_column(
+            "envelope", type_=sa.Text(), existing_type=sa.JSON(), postgresql_using="envelope::text"
+        )
+
     op.create_table(
         "scoring_rulebooks",
         sa.Column("version", sa.String(100), nullable=False),
@@ -74,6 +79,10 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("api_keys")
+    with op.batch_alter_table("scoring_activities") as batch:
+        batch.alter_column(
+            "envelope", type_=sa.JSON(), existing_type=sa.Text(), postgresql_using="envelope::json"
+        )
     with op.batch_alter_table("scoring_ledger") as batch:
         batch.drop_column("kind")
     op.drop_table("scoring_jobs")
