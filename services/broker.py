@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass, field
 
 READY_TIMEOUT_SECONDS = 15.0
+PR_SET_PDEATHSIG = 1
 
 
 class BrokerError(RuntimeError):
@@ -24,6 +28,15 @@ def free_port(host: str = "127.0.0.1") -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: on Linux, have the kernel stop the broker if leadflow dies
+    without stopping it (killed with SIGKILL, say), so no broker is ever left behind."""
+    if sys.platform != "linux":
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def broker_binary() -> str:
@@ -77,6 +90,7 @@ class EmbeddedBroker:
             stdout=subprocess.DEVNULL,
             stderr=self._log,
             start_new_session=True,  # Ctrl-C in a terminal reaches us, not the broker directly
+            preexec_fn=_die_with_parent,
         )
         await self._wait_ready()
 
