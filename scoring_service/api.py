@@ -294,14 +294,7 @@ async def _history_chunks(
     """Every lead's activities before `end`, a chunk of leads at a time."""
     after = ""
     while True:
-        rows = (
-            await session.execute(
-                select(Lead.id, Lead.source)
-                .where(Lead.merged_into.is_(None), Lead.id > after)
-                .order_by(Lead.id)
-                .limit(chunk)
-            )
-        ).all()
+        rows = await store.live_leads_after(session, after, chunk)
         if not rows:
             return
         logs = await store.activity_logs(session, [lead_id for lead_id, _ in rows], before=end)

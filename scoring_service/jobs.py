@@ -108,16 +108,9 @@ class Reapplier:
         after = ""
         while True:
             async with self._sessions() as session:
-                ids = list(
-                    (
-                        await session.scalars(
-                            select(Lead.id)
-                            .where(Lead.merged_into.is_(None), Lead.id > after)
-                            .order_by(Lead.id)
-                            .limit(CHUNK)
-                        )
-                    ).all()
-                )
+                ids = [
+                    lead_id for lead_id, _ in await store.live_leads_after(session, after, CHUNK)
+                ]
             if not ids:
                 return
             yield ids

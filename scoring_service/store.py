@@ -58,6 +58,19 @@ async def activity_log(session: AsyncSession, lead_id: str) -> list[ActivityReco
     return [to_record(event_id, time, envelope) for event_id, time, envelope in rows]
 
 
+async def live_leads_after(
+    session: AsyncSession, after: str, limit: int
+) -> list[tuple[str, str | None]]:
+    """(id, source) of the next `limit` leads not merged away, in id order: keyset paging."""
+    rows = await session.execute(
+        select(Lead.id, Lead.source)
+        .where(Lead.merged_into.is_(None), Lead.id > after)
+        .order_by(Lead.id)
+        .limit(limit)
+    )
+    return [(lead_id, source) for lead_id, source in rows]
+
+
 async def first_activity_times(
     session: AsyncSession, lead_ids: Sequence[str]
 ) -> dict[str, datetime]:
