@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
@@ -25,11 +26,14 @@ class ActivityType(StrEnum):
     CUSTOM = "custom"
 
 
+_WHITESPACE = re.compile(r"\s")
+
+
 def _plausible_email(value: str) -> str:
     """A cheap shape check: the gateway validates addresses fully at the edge, and consumers
     read every event, so they should not pay for full RFC validation again."""
     local, at, domain = value.rpartition("@")
-    if not at or not local or "." not in domain.strip(".") or any(c.isspace() for c in value):
+    if not at or not local or "." not in domain.strip(".") or _WHITESPACE.search(value):
         raise ValueError("value is not a valid email address")
     return value
 

@@ -21,7 +21,7 @@ from schemas.events import ActivityData, LeadMqlData, LeadScoredData, RuleContri
 from schemas.registry import MQL, SCORED
 from schemas.topics import LEAD_ACTIVITY
 from scoring_service import engine, store
-from scoring_service.engine import ActivityRecord, LeadState, LedgerLine, Step
+from scoring_service.engine import ActivityRecord, LeadState, Step
 from scoring_service.models import Lead, LeadIdentity
 from scoring_service.rulebooks import ActiveRulebook, RulebookCache
 from services.clock import Clock
@@ -119,10 +119,14 @@ class ActivityApplier:
             session, [store.activity_row(event, _final(lead, leads).id) for event, lead in placed]
         )
         ledger = store.LedgerWrites()
+        qualified = []
         for item in work.values():
             if item.lead.merged_into is None:
-                await self._score(session, item, active, ledger)
+                step = await self._score(session, item, active, ledger)
+                if step is not None:
+                    qualified.append((item.lead, step))
         await ledger.write(session)
+        await self._emit_mqls(session, qualified, active)
 
     async def _stitch(
         self,
@@ -231,8 +235,9 @@ class ActivityApplier:
         """Score a lead again from its stored log (after a rulebook change)."""
         item = LeadWork(lead=lead, state=state_of(lead), previous_score=lead.score, replay=True)
         ledger = store.LedgerWrites()
-        await self._score(session, item, active, ledger, cause=cause)
+        step = await self._score(session, item, active, ledger, cause=cause)
         await ledger.write(session)
+        await self._emit_mqls(session, [(lead, step)] if step else [], active)
 
     async def _score(
         self,
@@ -242,7 +247,8 @@ class ActivityApplier:
         ledger: store.LedgerWrites,
         *,
         cause: str | None = None,
-    ) -> None:
+    ) -> Step | None:
+        """Fold the lead's new activities; returns the step that newly qualified it, if any."""
         pending = sorted(item.pending, key=lambda record: (record.time, record.event_id))
         replace = item.replay or not pending or not _continues(item.state, pending)
         if replace:
@@ -259,17 +265,24 @@ class ActivityApplier:
         lines = [line for step in steps for line in step.lines]
         ledger.add(item.lead.id, lines, version=active.version, replace=replace)
         self._update_lead(item.lead, state, active)
-        qualification = next((step for step in steps if step.qualification), None)
-        if qualification is not None and not item.lead.qualified_in_cycle:
-            stored = (
-                []
-                if replace
-                else await store.rule_totals(session, item.lead.id, since=state.cycle_start)
-            )
-            recent = [(line.rule, line.points) for line in _since(lines, state.cycle_start)]
-            top = engine.rank_rules([*stored, *recent])
-            await self._qualify(session, item.lead, qualification, active, top)
+        qualifying = next((step for step in steps if step.qualification), None)
+        newly = qualifying is not None and not item.lead.qualified_in_cycle
+        if newly:
+            _start_cycle(item.lead)
         self._emit_scored(session, item, cause or pending[-1].event_id, active)
+        return qualifying if newly else None
+
+    async def _emit_mqls(
+        self, session: AsyncSession, qualified: list[tuple[Lead, Step]], active: ActiveRulebook
+    ) -> None:
+        """One `lead.mql` per newly qualified lead, with its top rules from the written ledger."""
+        if not qualified:
+            return
+        totals = await store.rule_totals(
+            session, {lead.id: step.state.cycle_start for lead, step in qualified}
+        )
+        for lead, step in qualified:
+            self._emit_mql(session, lead, step, active, engine.rank_rules(totals.get(lead.id, [])))
 
     def _update_lead(self, lead: Lead, state: LeadState, active: ActiveRulebook) -> None:
         at = state.last_time or self._clock.now()
@@ -283,7 +296,7 @@ class ActivityApplier:
         lead.last_activity_at = state.last_time
         lead.updated_at = self._clock.now()
 
-    async def _qualify(
+    def _emit_mql(
         self,
         session: AsyncSession,
         lead: Lead,
@@ -293,10 +306,6 @@ class ActivityApplier:
     ) -> None:
         qualification = step.qualification
         assert qualification is not None
-        lead.mql_cycle += 1
-        lead.qualified_in_cycle = True
-        if lead.stage in QUALIFYING_STAGES:
-            lead.stage = "mql"
         view = engine.snapshot(active.rulebook, step.state, qualification.time)
         data = LeadMqlData(
             lead_id=lead.id,
@@ -368,8 +377,11 @@ def _take_lifecycle(survivor: Lead, merged: Lead) -> None:
     survivor.email = survivor.email or merged.email
 
 
-def _since(lines: list[LedgerLine], start: datetime | None) -> list[LedgerLine]:
-    return lines if start is None else [line for line in lines if line.time >= start]
+def _start_cycle(lead: Lead) -> None:
+    lead.mql_cycle += 1
+    lead.qualified_in_cycle = True
+    if lead.stage in QUALIFYING_STAGES:
+        lead.stage = "mql"
 
 
 def _continues(state: LeadState, pending: Sequence[ActivityRecord]) -> bool:

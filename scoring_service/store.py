@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -150,17 +150,25 @@ class LedgerWrites:
 
 
 async def rule_totals(
-    session: AsyncSession, lead_id: str, *, since: datetime | None
-) -> list[tuple[str, float]]:
-    """Points per rule in a lead's stored ledger (since the cycle start), summed by the database."""
-    query = (
-        select(LedgerEntry.rule, func.sum(LedgerEntry.points))
-        .where(LedgerEntry.lead_id == lead_id)
-        .group_by(LedgerEntry.rule)
-    )
-    if since is not None:
-        query = query.where(LedgerEntry.event_time >= since)
-    return [(rule, float(total)) for rule, total in (await session.execute(query)).all()]
+    session: AsyncSession, cycle_starts: Mapping[str, datetime | None]
+) -> dict[str, list[tuple[str, float]]]:
+    """Points per rule in each lead's stored ledger since its cycle start, summed by the
+    database: one query per distinct cycle start (usually one for the whole batch)."""
+    leads_by_start: dict[datetime | None, list[str]] = {}
+    for lead_id, start in cycle_starts.items():
+        leads_by_start.setdefault(start, []).append(lead_id)
+    totals: dict[str, list[tuple[str, float]]] = {}
+    for start, lead_ids in leads_by_start.items():
+        query = (
+            select(LedgerEntry.lead_id, LedgerEntry.rule, func.sum(LedgerEntry.points))
+            .where(LedgerEntry.lead_id.in_(lead_ids))
+            .group_by(LedgerEntry.lead_id, LedgerEntry.rule)
+        )
+        if start is not None:
+            query = query.where(LedgerEntry.event_time >= start)
+        for lead_id, rule, total in await session.execute(query):
+            totals.setdefault(lead_id, []).append((rule, float(total)))
+    return totals
 
 
 async def move_lead(session: AsyncSession, merged: str, survivor: str) -> None:

@@ -62,6 +62,8 @@ async def test_activity_to_mql_to_assignment_to_sla_clock(
     lead_id = mql["data"]["lead_id"]
     # pricing page 15 + page view 2 + email click 8 + form 10
     assert mql["data"]["score"] == 35
+    assert mql["data"]["top_rules"][0] == {"rule": "pricing-page-view", "points": 15}
+    assert mql["data"]["grade"] == "D3"
 
     scored = values(await read_topic(settings, LEAD_SCORED, expect=1))
     # one lead.scored per lead per consumer batch: the latest wins (compaction-friendly)
