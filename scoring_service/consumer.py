@@ -22,7 +22,7 @@ from schemas.registry import MQL, SCORED
 from schemas.topics import LEAD_ACTIVITY
 from scoring_service import engine, store
 from scoring_service.engine import ActivityRecord, LeadState, Step
-from scoring_service.models import Lead, LeadIdentity
+from scoring_service.models import Lead
 from scoring_service.rulebooks import ActiveRulebook, RulebookCache
 from services.clock import Clock
 from services.codec import PoisonRecord, decode
@@ -78,6 +78,33 @@ class LeadWork:
     merged_ids: list[str] = field(default_factory=list)
 
 
+@dataclass
+class Stitching:
+    """What a batch has learned about identities and leads while it is being stitched."""
+
+    owners: dict[str, str]
+    """identity key -> lead id (kept current through merges)"""
+    leads: dict[str, Lead]
+    work: dict[str, LeadWork] = field(default_factory=dict)
+    new_keys: list[str] = field(default_factory=list)
+
+    def work_for(self, lead: Lead) -> LeadWork:
+        if lead.id not in self.work:
+            self.work[lead.id] = LeadWork(
+                lead=lead, state=state_of(lead), previous_score=lead.score
+            )
+        return self.work[lead.id]
+
+    def final(self, lead: Lead) -> Lead:
+        """Follow merges made earlier in this batch to the surviving lead."""
+        while lead.merged_into is not None:
+            lead = self.leads[lead.merged_into]
+        return lead
+
+    def new_identities(self) -> list[dict[str, str]]:
+        return [{"key": key, "lead_id": self.owners[key]} for key in self.new_keys]
+
+
 def state_of(lead: Lead) -> LeadState:
     return LeadState.from_json(lead.state) if lead.state else engine.initial_state()
 
@@ -105,22 +132,23 @@ class ActivityApplier:
         leads = await store.leads_for_update(session, owners.values())
         if any(lead.merged_into for lead in leads.values()):
             raise ConcurrentChange("a lead of this batch was merged by another worker")
-        work: dict[str, LeadWork] = {}
+        batch = Stitching(owners=owners, leads=leads)
         placed: list[tuple[ActivityEvent, Lead]] = []
         for event, keys in zip(events, keys_by_event, strict=True):
-            lead = await self._stitch(session, event, keys, owners, leads, work, active)
-            work[lead.id].pending.append(
+            lead = await self._stitch(session, batch, event, keys, active)
+            batch.work[lead.id].pending.append(
                 ActivityRecord(event_id=event.id, time=event.time, activity=event.data)
             )
             placed.append((event, lead))
         await session.flush()
-        # a lead merged later in the batch hands its activities to the survivor
+        # leads merged later in the batch hand their new identities and activities on
+        await store.insert_identities(session, batch.new_identities())
         await store.insert_activities(
-            session, [store.activity_row(event, _final(lead, leads).id) for event, lead in placed]
+            session, [store.activity_row(event, batch.final(lead).id) for event, lead in placed]
         )
         ledger = store.LedgerWrites()
         qualified = []
-        for item in work.values():
+        for item in batch.work.values():
             if item.lead.merged_into is None:
                 step = await self._score(session, item, active, ledger)
                 if step is not None:
@@ -131,30 +159,27 @@ class ActivityApplier:
     async def _stitch(
         self,
         session: AsyncSession,
+        batch: Stitching,
         event: ActivityEvent,
         keys: list[str],
-        owners: dict[str, str],
-        leads: dict[str, Lead],
-        work: dict[str, LeadWork],
         active: ActiveRulebook,
     ) -> Lead:
         """The lead this activity belongs to: found by any identity, created, or merged."""
-        found = sorted({owners[key] for key in keys if key in owners})
+        found = sorted({batch.owners[key] for key in keys if key in batch.owners})
         if not found:
             lead = self._new_lead(session, lead_id_for(keys[0]), event, active)
-            leads[lead.id] = lead
+            batch.leads[lead.id] = lead
         else:
-            candidates = [leads[lead_id] for lead_id in found]
-            lead = await self._survivor(session, candidates, work)
+            candidates = [batch.leads[lead_id] for lead_id in found]
+            lead = await self._survivor(session, candidates, batch.work)
             for other in candidates:
                 if other is not lead:
-                    await self._merge(session, other, lead, owners, work)
+                    await self._merge(session, batch, other, lead)
         for key in keys:
-            if key not in owners:
-                owners[key] = lead.id
-                session.add(LeadIdentity(key=key, lead_id=lead.id))
-        if lead.id not in work:
-            work[lead.id] = LeadWork(lead=lead, state=state_of(lead), previous_score=lead.score)
+            if key not in batch.owners:
+                batch.owners[key] = lead.id
+                batch.new_keys.append(key)
+        batch.work_for(lead)
         if event.data.identity.email and not lead.email:
             lead.email = event.data.identity.email.lower()
         return lead
@@ -199,31 +224,22 @@ class ActivityApplier:
         return lead
 
     async def _merge(
-        self,
-        session: AsyncSession,
-        merged: Lead,
-        survivor: Lead,
-        owners: dict[str, str],
-        work: dict[str, LeadWork],
+        self, session: AsyncSession, batch: Stitching, merged: Lead, survivor: Lead
     ) -> None:
         """Fold `merged` into `survivor`: its identities and history move; its id points on."""
         await session.flush()
         await store.move_lead(session, merged.id, survivor.id)
-        for key, owner in owners.items():
+        for key, owner in batch.owners.items():
             if owner == merged.id:
-                owners[key] = survivor.id
+                batch.owners[key] = survivor.id
         merged.merged_into = survivor.id
         _take_lifecycle(survivor, merged)
         merged.stage = "merged"
         merged.updated_at = self._clock.now()
-        if survivor.id not in work:
-            work[survivor.id] = LeadWork(
-                lead=survivor, state=state_of(survivor), previous_score=survivor.score
-            )
-        target = work[survivor.id]
+        target = batch.work_for(survivor)
         target.replay = True
         target.merged_ids.append(merged.id)
-        moved = work.pop(merged.id, None)
+        moved = batch.work.pop(merged.id, None)
         if moved is not None:
             target.pending.extend(moved.pending)
             target.merged_ids.extend(moved.merged_ids)
@@ -356,13 +372,6 @@ class ActivityApplier:
             key=lead.id,
             data=data,
         )
-
-
-def _final(lead: Lead, leads: dict[str, Lead]) -> Lead:
-    """Follow merges made earlier in this batch to the surviving lead."""
-    while lead.merged_into is not None:
-        lead = leads[lead.merged_into]
-    return lead
 
 
 def _take_lifecycle(survivor: Lead, merged: Lead) -> None:

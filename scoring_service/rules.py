@@ -377,10 +377,11 @@ class ActivityMatch(_Strict):
         if self.new_session_after_minutes is not None:
             yield _new_session(self.new_session_after_minutes)
         if self.fields:
-            fields = self.fields
+            predicates = tuple(
+                (name, condition.predicate()) for name, condition in self.fields.items()
+            )
             yield lambda activity, _gap: all(
-                condition.holds(activity_field(activity, name))
-                for name, condition in fields.items()
+                holds(activity_field(activity, name)) for name, holds in predicates
             )
 
     def _url_checks(self) -> Iterator[ActivityCheck]:

@@ -44,6 +44,10 @@ async def leads_for_update(session: AsyncSession, ids: Iterable[str]) -> dict[st
     return {lead.id: lead for lead in (await session.scalars(query)).all()}
 
 
+async def insert_identities(session: AsyncSession, rows: Sequence[dict[str, str]]) -> None:
+    await bulk_insert(session, LeadIdentity, rows)
+
+
 async def insert_activities(session: AsyncSession, rows: Sequence[dict[str, Any]]) -> None:
     await bulk_insert(session, Activity, rows)
 

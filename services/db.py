@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -102,10 +103,16 @@ async def bulk_insert(
     raw = await connection.get_raw_connection()
     columns = [column.name for column in table.columns if column.name in rows[0]]
     as_json = {column.name for column in table.columns if isinstance(column.type, JSON)}
-    records = [
-        tuple(json.dumps(row[name]) if name in as_json else row[name] for name in columns)
-        for row in rows
-    ]
+    if as_json & set(columns):
+        records = [
+            tuple(json.dumps(row[name]) if name in as_json else row[name] for name in columns)
+            for row in rows
+        ]
+    else:
+        values_of = itemgetter(*columns)
+        records = [values_of(row) for row in rows]
+        if len(columns) == 1:
+            records = [(value,) for value in records]
     driver = raw.driver_connection
     assert driver is not None
     await driver.copy_records_to_table(table.name, records=records, columns=columns)
