@@ -13,6 +13,7 @@ from fastapi import APIRouter, Request, Response
 from pydantic import ValidationError
 
 from schemas.envelope import CloudEvent
+from services.auth import OpsDep
 from services.deps import ContextDep
 from services.errors import ApiError, field_errors
 from services.gateway.auth import require_write_key
@@ -201,7 +202,12 @@ async def cors_preflight(request: Request, path: str) -> Response:
     return preflight(request)
 
 
-@router.get("/gateway/stats", tags=["ops"], summary="Gateway counters since this process started")
+@router.get(
+    "/gateway/stats",
+    tags=["ops"],
+    dependencies=[OpsDep],
+    summary="Gateway counters since this process started",
+)
 async def gateway_stats(request: Request) -> dict[str, int]:
     return dict(sorted(stats(request).items()))
 
