@@ -245,6 +245,17 @@ class ActivityApplier:
             target.merged_ids.extend(moved.merged_ids)
         merged.state = {}
 
+    async def recycle(self, session: AsyncSession, lead: Lead, at: datetime, *, cause: str) -> None:
+        """Return a lead to nurture: a new cycle, engagement per the rulebook's recycle policy."""
+        active = await self.rulebooks.active(session)
+        state = engine.recycle(active.rulebook, state_of(lead), at)
+        item = LeadWork(lead=lead, state=state, previous_score=lead.score)
+        lead.stage = "nurture"
+        lead.qualified_in_cycle = False
+        lead.owner_rep_id = lead.owner_name = None
+        self._update_lead(lead, state, active)
+        self._emit_scored(session, item, cause, active)
+
     async def rescore(
         self, session: AsyncSession, lead: Lead, active: ActiveRulebook, *, cause: str
     ) -> None:

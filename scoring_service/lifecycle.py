@@ -14,10 +14,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from schemas.envelope import CloudEvent
 from schemas.events import LeadAssignedData, LeadStatusData
 from schemas.topics import LEAD_ASSIGNED, LEAD_STATUS
-from scoring_service import engine, store
-from scoring_service.consumer import state_of
+from scoring_service import store
+from scoring_service.consumer import ActivityApplier
 from scoring_service.models import Lead
-from scoring_service.rulebooks import RulebookCache
 from services.clock import Clock
 from services.codec import PoisonRecord, decode
 from services.runner import ConsumerSpec
@@ -29,7 +28,7 @@ STAGE_FOR_STATUS = {
     "rejected": "rejected",
     "contacted": None,
     "converted": "sql",
-    "recycled": "nurture",
+    "recycled": "nurture",  # through ActivityApplier.recycle
 }
 
 
@@ -42,8 +41,8 @@ def parse_lifecycle(topic: str, value: bytes | None) -> LifecycleEvent:
 
 
 class LifecycleApplier:
-    def __init__(self, rulebooks: RulebookCache, clock: Clock) -> None:
-        self._rulebooks = rulebooks
+    def __init__(self, scoring: ActivityApplier, clock: Clock) -> None:
+        self._scoring = scoring
         self._clock = clock
 
     def spec(self) -> ConsumerSpec[LifecycleEvent]:
@@ -58,27 +57,22 @@ class LifecycleApplier:
 
     async def apply_batch(self, session: AsyncSession, events: Sequence[LifecycleEvent]) -> None:
         for event in events:
-            lead = await store.resolve_merged(session, event.data.lead_id)
+            lead = await _locked(session, event.data.lead_id)
             if lead is None or event.data.cycle != lead.mql_cycle:
                 continue  # an unknown lead or a stale cycle changes nothing
             if isinstance(event.data, LeadAssignedData):
                 lead.owner_rep_id = event.data.rep_id
                 lead.owner_name = event.data.rep_name
-            else:
-                await self._status(session, lead, event.data)
+            elif event.data.status == "recycled":
+                await self._scoring.recycle(session, lead, event.data.at, cause=event.id)
+            elif (stage := STAGE_FOR_STATUS[event.data.status]) is not None:
+                lead.stage = stage
             lead.updated_at = self._clock.now()
 
-    async def _status(self, session: AsyncSession, lead: Lead, data: LeadStatusData) -> None:
-        stage = STAGE_FOR_STATUS[data.status]
-        if stage is not None:
-            lead.stage = stage
-        if data.status == "recycled":
-            active = await self._rulebooks.active(session)
-            state = engine.recycle(active.rulebook, state_of(lead), data.at)
-            view = engine.snapshot(active.rulebook, state, data.at)
-            lead.state = state.to_json()
-            lead.fit, lead.engagement, lead.score = view.fit, view.engagement, view.total
-            lead.grade = view.grade
-            lead.qualified_in_cycle = False
-            lead.owner_rep_id = None
-            lead.owner_name = None
+
+async def _locked(session: AsyncSession, lead_id: str) -> Lead | None:
+    """The lead (or the one it was merged into), locked like scoring locks it."""
+    lead = (await store.leads_for_update(session, [lead_id])).get(lead_id)
+    if lead is not None and lead.merged_into is not None:
+        lead = (await store.leads_for_update(session, [lead.merged_into])).get(lead.merged_into)
+    return lead

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import delete, event, select
+from sqlalchemy import delete, event, func, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session
 
@@ -127,38 +129,61 @@ class OutboxRelay:
         self._batch_size = batch_size
         self._poll_interval = poll_interval
         self._wakeup = wakeup or asyncio.Event()
+        digest = hashlib.sha256(f"leadflow-outbox:{service}".encode()).digest()
+        self._lock_key = int.from_bytes(digest[:8], "big", signed=True)
 
     def notify(self) -> None:
         self._wakeup.set()
 
     async def publish_pending(self) -> int:
-        """Publish one batch; returns how many events went out."""
+        """Publish one batch in outbox order; returns how many events went out.
+
+        On PostgreSQL one relay per service works at a time (a transaction-scoped advisory
+        lock), so events of a lead keep their order however many processes run a relay. On
+        SQLite the rows are read and deleted in two short transactions, so the database's
+        single write lock is never held while waiting for the broker.
+        """
+        async with self._sessions() as session:
+            if session.get_bind().dialect.name == "postgresql":
+                async with session.begin():
+                    locked = await session.scalar(
+                        select(func.pg_try_advisory_xact_lock(self._lock_key))
+                    )
+                    if not locked:
+                        return 0
+                    rows = await self._pending(session)
+                    await self._publish_and_delete(session, rows)
+                    return len(rows)
+            rows = await self._pending(session)
         async with self._sessions() as session, session.begin():
-            query = (
-                select(OutboxRecord)
-                .where(OutboxRecord.service == self.service)
-                .order_by(OutboxRecord.id)
-                .limit(self._batch_size)
-            )
-            if session.get_bind().dialect.name != "sqlite":
-                query = query.with_for_update(skip_locked=True)
-            rows = (await session.scalars(query)).all()
-            if not rows:
-                return 0
-            await self._publisher.publish_many(
-                OutgoingRecord(topic=row.topic, key=row.key, value=row.payload, ce_type=row.ce_type)
-                for row in rows
-            )
-            await session.execute(
-                delete(OutboxRecord).where(OutboxRecord.id.in_([row.id for row in rows]))
-            )
-            return len(rows)
+            await self._publish_and_delete(session, rows)
+        return len(rows)
+
+    async def _pending(self, session: AsyncSession) -> list[OutboxRecord]:
+        query = (
+            select(OutboxRecord)
+            .where(OutboxRecord.service == self.service)
+            .order_by(OutboxRecord.id)
+            .limit(self._batch_size)
+        )
+        return list((await session.scalars(query)).all())
+
+    async def _publish_and_delete(self, session: AsyncSession, rows: list[OutboxRecord]) -> None:
+        if not rows:
+            return
+        await self._publisher.publish_many(
+            OutgoingRecord(topic=row.topic, key=row.key, value=row.payload, ce_type=row.ce_type)
+            for row in rows
+        )
+        await session.execute(
+            delete(OutboxRecord).where(OutboxRecord.id.in_([row.id for row in rows]))
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
                 published = await self.publish_pending()
-            except PublishError as exc:
+            except (PublishError, SQLAlchemyError, OSError) as exc:
                 log.warning("outbox relay %s: %s; retrying", self.service, exc)
                 published = 0
                 await _sleep_or_stop(stop, 1.0)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError
 from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -31,6 +32,7 @@ from services.outbox import write_pending
 log = logging.getLogger(__name__)
 
 EventT = TypeVar("EventT")
+T = TypeVar("T")
 
 DLQ_REASON_HEADER = "dlq_reason"
 
@@ -89,47 +91,69 @@ class ConsumerRunner(Generic[EventT]):
                 records = [record for part in batches.values() for record in part]
                 if not records:
                     continue
-                await self._process_until_done(records, stop)
+                await self._handle(records, stop)
         finally:
             await self._consumer.stop()
 
-    async def _process_until_done(
-        self, records: list[ConsumerRecord[Any, Any]], stop: asyncio.Event
-    ) -> None:
+    async def _handle(self, records: list[ConsumerRecord[Any, Any]], stop: asyncio.Event) -> None:
+        events = await self._until_done(lambda: self._parse_all(records), stop)
+        applied = await self._until_done(lambda: self._apply(events), stop)
+        await self._commit(records, applied)
+
+    async def process(self, records: Sequence[ConsumerRecord[Any, Any]]) -> None:
+        """One attempt at a batch: park the unreadable, apply the rest, commit the offsets."""
+        events = await self._parse_all(records)
+        await self._commit(records, await self._apply(events))
+
+    async def _until_done(self, attempt: Callable[[], Awaitable[T]], stop: asyncio.Event) -> T:
+        """Retry a step of the batch in place: the batch is never skipped."""
         delay = 0.05
         while True:
             try:
-                await self.process(records)
-                return
+                return await attempt()
             except (ConcurrentChange, IntegrityError, OperationalError) as exc:
                 log.warning(
-                    "%s: batch of %d met a concurrent change (%s); retrying",
+                    "%s: a concurrent change (%s); retrying the batch",
                     self.spec.name,
-                    len(records),
                     type(exc).__name__,
                 )
             except Exception:
-                log.exception("%s: batch of %d failed; retrying", self.spec.name, len(records))
+                log.exception("%s: batch failed; retrying", self.spec.name)
                 delay = max(delay, 0.5)
             if stop.is_set():
                 raise RuntimeError(f"{self.spec.name}: stopped with a batch not applied")
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
 
-    async def process(self, records: Sequence[ConsumerRecord[Any, Any]]) -> None:
+    async def _parse_all(self, records: Sequence[ConsumerRecord[Any, Any]]) -> list[EventT]:
         events: list[EventT] = []
         for record in records:
             event = await self._parse_or_park(record)
             if event is not None:
                 events.append(event)
+        return events
+
+    async def _apply(self, events: list[EventT]) -> int:
+        """Apply the events not applied before, with their ids, in one transaction."""
         async with self._sessions() as session, session.begin():
             fresh = await self._unseen(session, events)
             if fresh:
                 await self.spec.handle(session, fresh)
                 await write_pending(session)
         self.applied += len(fresh)
-        await self._consumer.commit(_next_offsets(records))
-        if fresh and self._after_commit is not None:
+        return len(fresh)
+
+    async def _commit(self, records: Sequence[ConsumerRecord[Any, Any]], applied: int) -> None:
+        """Commit the offsets of the partitions this consumer still owns. After a rebalance the
+        new owner re-reads the rest, and skips what was applied by its recorded ids."""
+        owned = self._consumer.assignment()
+        offsets = {part: offset for part, offset in _next_offsets(records).items() if part in owned}
+        if offsets:
+            try:
+                await self._consumer.commit(offsets)
+            except (CommitFailedError, IllegalStateError) as exc:
+                log.warning("%s: offsets not committed after a rebalance (%s)", self.spec.name, exc)
+        if applied and self._after_commit is not None:
             self._after_commit()
 
     async def _parse_or_park(self, record: ConsumerRecord[Any, Any]) -> EventT | None:

@@ -107,7 +107,7 @@ def _scoring_part(context: AppContext) -> Part:
     cache = RulebookCache()
     applier = ActivityApplier(cache, clock)
     reapplier = Reapplier(context.sessions, applier, clock)
-    part = _consumers(context, "scoring", [applier.spec(), LifecycleApplier(cache, clock).spec()])
+    part = _consumers(context, "scoring", [applier.spec(), LifecycleApplier(applier, clock).spec()])
     part.routers.append(build_scoring_router(cache, reapplier))
 
     async def install_rulebook() -> None:
