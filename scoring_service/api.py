@@ -3,6 +3,7 @@ simulation of a candidate rulebook, and re-apply jobs."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any
@@ -18,8 +19,9 @@ from scoring_service.jobs import Reapplier, job_view
 from scoring_service.models import Lead, LeadIdentity, LedgerEntry, ScoringJob, StoredRulebook
 from scoring_service.rulebooks import RulebookCache, RulebookConflict
 from scoring_service.rules import RulebookError, parse_rulebook_text
-from scoring_service.simulation import LeadHistory, Tally, count
+from scoring_service.simulation import LeadHistory, Tally, compare
 from services.auth import AdminDep, OpsDep
+from services.context import AppContext
 from services.deps import ClockDep, ContextDep, SessionDep
 from services.errors import ApiError
 
@@ -233,7 +235,7 @@ def build_router(cache: RulebookCache, reapplier: Reapplier) -> APIRouter:
     )
     async def simulate(
         request: Request,
-        session: SessionDep,
+        context: ContextDep,
         start: Annotated[AwareDatetime, Query(alias="from")],
         end: Annotated[AwareDatetime, Query(alias="to")],
         _body: YamlBody = "",
@@ -249,12 +251,16 @@ def build_router(cache: RulebookCache, reapplier: Reapplier) -> APIRouter:
             candidate = parse_rulebook_text(await _yaml_text(request), origin="candidate")
         except RulebookError as exc:
             raise _invalid_rulebook(exc) from exc
-        active = await cache.active(session)
+        async with context.sessions() as session:
+            active = await cache.active(session)
         proposed, current = Tally(), Tally()
-        async for histories in _history_chunks(session, end):
-            for history in histories:
-                count(proposed, candidate, history, start, end)
-                count(current, active.rulebook, history, start, end)
+        async for histories in _history_chunks(context, end):
+            # replays are CPU work: off the event loop, which also serves the other parts
+            chunk = await asyncio.to_thread(
+                compare, candidate, active.rulebook, histories, start, end
+            )
+            proposed.add(chunk[0])
+            current.add(chunk[1])
         return {
             "from": start.isoformat(),
             "to": end.isoformat(),
@@ -289,15 +295,17 @@ def _rulebook_view(row: StoredRulebook) -> dict[str, Any]:
 
 
 async def _history_chunks(
-    session: AsyncSession, end: datetime, chunk: int = 500
+    context: AppContext, end: datetime, chunk: int = 500
 ) -> AsyncIterator[list[LeadHistory]]:
-    """Every lead's activities before `end`, a chunk of leads at a time."""
+    """Every lead's activities before `end`, a chunk of leads at a time, each chunk read in its
+    own short session (SQLite's write lock is not held while the chunk is replayed)."""
     after = ""
     while True:
-        rows = await store.live_leads_after(session, after, chunk)
-        if not rows:
-            return
-        logs = await store.activity_logs(session, [lead_id for lead_id, _ in rows], before=end)
+        async with context.sessions() as session:
+            rows = await store.live_leads_after(session, after, chunk)
+            if not rows:
+                return
+            logs = await store.activity_logs(session, [lead_id for lead_id, _ in rows], before=end)
         yield [
             LeadHistory(lead_id, source, tuple(logs.get(lead_id, ()))) for lead_id, source in rows
         ]

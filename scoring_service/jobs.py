@@ -77,14 +77,22 @@ class Reapplier:
         task.add_done_callback(self._tasks.discard)
         return job
 
-    async def wait(self) -> None:
-        """Let running jobs finish (tests and shutdown)."""
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+    async def stop(self, grace: float = 10.0) -> None:
+        """Give running jobs `grace` seconds, then stop them; a stopped job is marked failed
+        and can be started again (re-scoring is idempotent)."""
+        if not self._tasks:
+            return
+        _, unfinished = await asyncio.wait(self._tasks, timeout=grace)
+        for task in unfinished:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _run(self, job_id: str, version: str) -> None:
         try:
             rescored, mqls = await self._rescore_all(job_id, version)
+        except asyncio.CancelledError:
+            await self._finish(job_id, "failed", {}, error="stopped by shutdown; activate again")
+            raise
         except Exception as exc:
             log.exception("re-apply %s failed", job_id)
             await self._finish(job_id, "failed", {}, error=repr(exc))

@@ -29,6 +29,12 @@ class Tally:
     by_source: Counter[str] = field(default_factory=Counter)
     by_reason: Counter[str] = field(default_factory=Counter)
 
+    def add(self, other: Tally) -> None:
+        self.mqls += other.mqls
+        self.by_grade.update(other.by_grade)
+        self.by_source.update(other.by_source)
+        self.by_reason.update(other.by_reason)
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "mqls": self.mqls,

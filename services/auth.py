@@ -56,11 +56,11 @@ async def create_api_key(session: AsyncSession, *, name: str, role: Role, clock:
     return key
 
 
-def kept_key(path: Path, role: Role) -> str:
+def kept_key(path: Path, make: Callable[[], str]) -> str:
     """A key kept in a file (readable only by its owner), made on first use."""
     if path.exists():
         return path.read_text(encoding="utf-8").strip()
-    key = new_key(role)
+    key = make()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(key + "\n", encoding="utf-8")
     path.chmod(0o600)

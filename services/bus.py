@@ -81,16 +81,16 @@ class Publisher:
     async def publish_many(self, records: Iterable[OutgoingRecord]) -> None:
         """Send all records and return once the broker acknowledged every one of them."""
         try:
-            futures = [
-                await self._producer.send(
-                    self._settings.topic(record.topic),
-                    value=record.value,
-                    key=record.key.encode(),
-                    headers=[(CE_TYPE_HEADER, record.ce_type.encode())],
-                )
-                for record in records
-            ]
             async with asyncio.timeout(self._settings.produce_timeout_seconds):
+                futures = [
+                    await self._producer.send(
+                        self._settings.topic(record.topic),
+                        value=record.value,
+                        key=record.key.encode(),
+                        headers=[(CE_TYPE_HEADER, record.ce_type.encode())],
+                    )
+                    for record in records
+                ]
                 await asyncio.gather(*futures)
         except (KafkaError, TimeoutError) as exc:
             raise PublishError(f"broker did not acknowledge the write: {exc!r}") from exc

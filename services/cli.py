@@ -17,7 +17,7 @@ from typing import Any
 import uvicorn
 
 from scoring_service.rules import load_rulebook
-from services.auth import ROLES, Role, create_api_key, ensure_registered, kept_key
+from services.auth import ROLES, Role, create_api_key, ensure_registered, kept_key, new_key
 from services.broker import BrokerError, EmbeddedBroker
 from services.bus import ensure_topics
 from services.clock import SystemClock
@@ -88,14 +88,7 @@ def dev_write_key(settings: Settings) -> list[str]:
     """The configured write keys, or one generated once and kept in the data dir."""
     if settings.write_keys:
         return settings.write_keys
-    path = settings.data_dir / "write_key"
-    if path.exists():
-        return [path.read_text(encoding="utf-8").strip()]
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    key = f"wk_{secrets.token_urlsafe(18)}"
-    path.write_text(key + "\n", encoding="utf-8")
-    path.chmod(0o600)
-    return [key]
+    return [kept_key(settings.data_dir / "write_key", lambda: f"wk_{secrets.token_urlsafe(18)}")]
 
 
 def _install_stop_handlers(stop: asyncio.Event) -> None:
@@ -229,7 +222,7 @@ async def _dev_admin_key(settings: Settings) -> str:
     engine = create_engine(settings.effective_database_url)
     try:
         async with session_factory(engine)() as session, session.begin():
-            key = kept_key(settings.data_dir / "admin_key", "admin")
+            key = kept_key(settings.data_dir / "admin_key", lambda: new_key("admin"))
             await ensure_registered(
                 session, key, name="leadflow dev", role="admin", clock=SystemClock()
             )

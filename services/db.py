@@ -9,8 +9,10 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
+from asyncpg.exceptions import UniqueViolationError
 from sqlalchemy import JSON, DateTime, MetaData, Table, TypeDecorator, event, insert
 from sqlalchemy.engine import Dialect
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -115,4 +117,7 @@ async def bulk_insert(
             records = [(value,) for value in records]
     driver = raw.driver_connection
     assert driver is not None
-    await driver.copy_records_to_table(table.name, records=records, columns=columns)
+    try:
+        await driver.copy_records_to_table(table.name, records=records, columns=columns)
+    except UniqueViolationError as exc:  # as SQLAlchemy reports it for the other statements
+        raise IntegrityError(f"COPY {table.name}", None, exc) from exc

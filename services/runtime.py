@@ -115,7 +115,7 @@ def _scoring_part(context: AppContext) -> Part:
             await install_configured(session, settings.rulebook, clock=clock)
 
     part.setup.append(install_rulebook)
-    part.teardown.append(reapplier.wait)
+    part.teardown.append(reapplier.stop)
     return part
 
 

@@ -12,7 +12,6 @@ from aiokafka import TopicPartition
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from schemas.envelope import CloudEvent
 from schemas.events import ActivityData, ActivityType, Identity
 from schemas.registry import ACTIVITY
 from schemas.topics import LEAD_ACTIVITY, LEAD_ACTIVITY_DLQ, LEAD_SCORED
@@ -204,8 +203,3 @@ async def test_a_failing_batch_applies_nothing_and_commits_no_offset(settings: S
         assert await harness.count(ProcessedEvent) == 0
         partition = TopicPartition(records[0].topic, records[0].partition)
         assert await harness.consumer.committed(partition) is None
-
-
-def test_activity_event_type_alias_parses_its_own_output() -> None:
-    event = CloudEvent[ActivityData].model_validate_json(activity("x", "u"))
-    assert event.data.identity.user_id == "u"

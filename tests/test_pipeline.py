@@ -48,7 +48,6 @@ async def test_activity_to_mql_to_assignment_to_sla_clock(
         assert response.json() == {"success": True}
 
     activity = await read_topic(settings, LEAD_ACTIVITY, expect=3)
-    assert [record.value for record in activity] != []
     assert {record.key for record in activity} == {b"anon:anon-7", b"email:dana@example.org"}
 
     mqls = values(await read_topic(settings, LEAD_MQL, expect=1))

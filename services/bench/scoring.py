@@ -42,8 +42,6 @@ from services.runner import ConsumerRunner
 from services.runtime import Runtime
 from services.settings import Settings
 
-DEFAULT_POSTGRES = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
-
 MIX: Sequence[tuple[float, ActivityType, dict[str, Any]]] = (
     (0.40, ActivityType.PAGE_VIEW, {"url": "https://example.com/blog/post"}),
     (0.10, ActivityType.PAGE_VIEW, {"url": "https://example.com/pricing"}),
@@ -273,17 +271,19 @@ async def mql_latencies(
     return [arrivals[subject] - acked[subject] for subject in acked if subject in arrivals]
 
 
-async def run_one(database: str, url: str, args: argparse.Namespace) -> Result:
+async def run_one(base: Settings, database: str, url: str, args: argparse.Namespace) -> Result:
     async with EmbeddedBroker() as broker:
-        settings = Settings(
-            kafka_bootstrap=broker.bootstrap,
-            database_url=url,
-            topic_prefix=f"bench{uuid.uuid4().hex[:6]}.",
-            topic_partitions=args.partitions,
-            rulebook=args.rulebook,
-            consumer_batch_size=args.batch_size,
-            consumer_session_timeout_ms=2000,
-            poll_interval_seconds=0.05,
+        settings = base.model_copy(
+            update=dict(
+                kafka_bootstrap=broker.bootstrap,
+                database_url=url,
+                topic_prefix=f"bench{uuid.uuid4().hex[:6]}.",
+                topic_partitions=args.partitions,
+                rulebook=args.rulebook,
+                consumer_batch_size=args.batch_size,
+                consumer_session_timeout_ms=2000,
+                poll_interval_seconds=0.05,
+            )
         )
         await upgrade(url)
         await ensure_topics(settings)
@@ -347,15 +347,17 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--partitions", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=2000)
     parser.add_argument("--triggers", type=int, default=100, help="demo requests timed")
-    parser.add_argument("--database", choices=("sqlite", "postgres", "both"), default="both")
+    parser.add_argument("--database", choices=("sqlite", "postgres", "both"), default="sqlite")
     parser.add_argument(
         "--postgres-url",
-        default=DEFAULT_POSTGRES,
-        help="an EMPTY database: the benchmark resets its schema",
+        help="needed for postgres: a database of its own, which the benchmark resets",
     )
     parser.add_argument("--rulebook", type=Path, default=Path("examples/rulebook.yaml"))
     parser.add_argument("--workdir", type=Path, default=Path(".leadflow/bench"))
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.database != "sqlite" and not args.postgres_url:
+        parser.error("--postgres-url is needed for PostgreSQL (a database the benchmark resets)")
+    return args
 
 
 async def _reset_postgres(url: str) -> None:
@@ -373,25 +375,25 @@ def _remove_sqlite(path: Path) -> None:
         Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
-async def run(args: argparse.Namespace) -> list[Result]:
+async def run(base: Settings, args: argparse.Namespace) -> list[Result]:
     results = []
     if args.database in ("sqlite", "both"):
         args.workdir.mkdir(parents=True, exist_ok=True)
         path = args.workdir / f"bench-{uuid.uuid4().hex[:6]}.db"
         try:
-            results.append(await run_one("sqlite", f"sqlite+aiosqlite:///{path.resolve()}", args))
+            url = f"sqlite+aiosqlite:///{path.resolve()}"
+            results.append(await run_one(base, "sqlite", url, args))
         finally:
             _remove_sqlite(path)
     if args.database in ("postgres", "both"):
         await _reset_postgres(args.postgres_url)
-        results.append(await run_one("postgres", args.postgres_url, args))
+        results.append(await run_one(base, "postgres", args.postgres_url, args))
     return results
 
 
 def main(settings: Settings, argv: Sequence[str]) -> int:
-    del settings  # the benchmark builds its own, on its own broker and databases
     args = parse(argv)
-    results = asyncio.run(run(args))
+    results = asyncio.run(run(settings, args))
     print()
     print(report(results))
     sys.stdout.flush()
