@@ -28,7 +28,7 @@ from services.gateway.segment import (
     parse_time,
     to_activity_event,
 )
-from services.gateway.stats import stats
+from services.gateway.stats import count_bots, stats
 from services.gateway.tracker import router as tracker_router
 
 router = APIRouter(tags=["ingest"], route_class=CorsRoute)
@@ -81,12 +81,6 @@ def _unprocessable(fields: list[dict[str, str]]) -> ApiError:
     return ApiError(422, "invalid_request", f"invalid fields: {names}", fields=fields)
 
 
-def _count_bots(request: Request, events: list[CloudEvent[Any]]) -> None:
-    flagged = sum(1 for event in events if event.data.is_bot)
-    if flagged:
-        stats(request)["bots_flagged"] += flagged
-
-
 def single_call(call: str, path: str) -> Callable[[Request, ContextDep], Awaitable[Any]]:
     async def endpoint(request: Request, context: ContextDep) -> dict[str, bool]:
         payload = parse_json_object(await read_body(request, MAX_EVENT_BYTES))
@@ -95,8 +89,8 @@ def single_call(call: str, path: str) -> Callable[[Request, ContextDep], Awaitab
             event = _normalize(call, payload, prefix=[], channel=f"http:{path}", context=context)
         except _Invalid as exc:
             raise _unprocessable(exc.fields) from exc
-        _count_bots(request, [event])
         await publish_activities(context.publisher, [event])
+        count_bots(request, [event])
         return SUCCESS
 
     endpoint.__name__ = f"{call}_{path.rsplit('/', 1)[-1]}"
@@ -170,8 +164,8 @@ def batch_call(path: str) -> Callable[[Request, ContextDep], Awaitable[Any]]:
         payload = parse_json_object(await read_body(request, MAX_BATCH_BYTES))
         require_write_key(request, context.settings.write_keys, body_key=payload.get("writeKey"))
         events = batch_events(payload, path, context)
-        _count_bots(request, events)
         await publish_activities(context.publisher, events)
+        count_bots(request, events)
         return SUCCESS
 
     endpoint.__name__ = f"batch_{path.rsplit('/', 1)[-1]}"

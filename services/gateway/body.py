@@ -55,12 +55,16 @@ async def read_body(request: Request, limit: int) -> bytes:
     return body
 
 
-def parse_json_object(body: bytes) -> dict[str, Any]:
-    """JSON whatever the content type (browsers send text/plain to avoid a CORS preflight)."""
+def parse_json(body: bytes) -> Any:
     try:
-        payload = json.loads(body)
+        return json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from exc
+
+
+def parse_json_object(body: bytes) -> dict[str, Any]:
+    """JSON whatever the content type (browsers send text/plain to avoid a CORS preflight)."""
+    payload = parse_json(body)
     if not isinstance(payload, dict):
         raise ApiError(400, "invalid_json", "body must be a JSON object")
     return payload

@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
+from services.deps import get_context
 from services.errors import ApiError, error_body, invalid
 
 ALLOWED_METHODS = "GET, POST, OPTIONS"
@@ -25,7 +26,7 @@ def origin_allowed(origin: str, allowed: list[str]) -> bool:
 
 
 def _allowed_origins(request: Request) -> list[str]:
-    origins: list[str] = request.app.state.context.settings.cors_origins
+    origins: list[str] = get_context(request).settings.cors_origins
     return origins
 
 

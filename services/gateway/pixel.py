@@ -18,12 +18,12 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from services.deps import ContextDep
+from services.deps import ContextDep, get_context
 from services.errors import ApiError
 from services.gateway.auth import is_accepted
 from services.gateway.publish import publish_activities
 from services.gateway.segment import InvalidEmail, SegmentMessage, parse_call, to_activity_event
-from services.gateway.stats import stats
+from services.gateway.stats import count_bots, stats
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def _gif(request: Request, set_cookie: str | None) -> Response:
     )
     if set_cookie:
         response.set_cookie(
-            request.app.state.context.settings.anonymous_id_cookie,
+            get_context(request).settings.anonymous_id_cookie,
             set_cookie,
             max_age=COOKIE_MAX_AGE_SECONDS,
             path="/",
@@ -149,8 +149,6 @@ async def pixel(request: Request, context: ContextDep) -> Response:
     except (ValidationError, InvalidEmail) as exc:
         _reject(request, f"invalid parameters: {exc}")
         return _gif(request, new_cookie)
-    if event.data.is_bot:
-        stats(request)["bots_flagged"] += 1
     try:
         await publish_activities(context.publisher, [event])
     except ApiError:
@@ -158,4 +156,5 @@ async def pixel(request: Request, context: ContextDep) -> Response:
         log.warning("pixel hit %s not recorded: the broker did not acknowledge it", event.id)
     else:
         stats(request)["pixel_recorded"] += 1
+        count_bots(request, [event])
     return _gif(request, new_cookie)

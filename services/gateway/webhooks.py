@@ -10,7 +10,6 @@ past the store (two at once, or a store write that failed) is still one event do
 
 from __future__ import annotations
 
-import json
 import logging
 from datetime import datetime
 from typing import Any
@@ -26,7 +25,7 @@ from services.codec import envelope
 from services.deps import ContextDep
 from services.errors import ApiError
 from services.gateway import bots
-from services.gateway.body import MAX_BATCH_BYTES, read_body
+from services.gateway.body import MAX_BATCH_BYTES, parse_json, read_body
 from services.gateway.mapping import (
     MappedActivity,
     MappingError,
@@ -38,7 +37,7 @@ from services.gateway.mapping import (
 from services.gateway.models import WebhookDelivery
 from services.gateway.publish import publish_activities
 from services.gateway.signature import SignatureError, secret_bytes, verify
-from services.gateway.stats import stats
+from services.gateway.stats import count_bots, stats
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -103,10 +102,7 @@ def _payload(request: Request, body: bytes) -> Any:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/x-www-form-urlencoded":
         return parse_form(body)
-    try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from exc
+    return parse_json(body)
 
 
 def configured_sources(settings: Settings) -> dict[str, tuple[WebhookMapping, str]]:
@@ -208,9 +204,7 @@ def build_router(settings: Settings) -> APIRouter:
         ]
         await publish_activities(context.publisher, events)
         await _record(context, source, webhook_id, len(events))
-        flagged = sum(1 for event in events if event.data.is_bot)
-        if flagged:
-            stats(request)["bots_flagged"] += flagged
+        count_bots(request, events)
         stats(request)["webhook_events"] += len(events)
         return {"success": True}
 
