@@ -10,7 +10,12 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from scoring_service.models import StoredRulebook
-from scoring_service.rules import Rulebook, RulebookError, parse_rulebook_text
+from scoring_service.rules import (
+    Rulebook,
+    RulebookError,
+    parse_rulebook_text,
+    read_rulebook_text,
+)
 from services.clock import Clock
 
 log = logging.getLogger(__name__)
@@ -29,6 +34,12 @@ class ActiveRulebook:
 async def store(session: AsyncSession, text: str, *, origin: str, clock: Clock) -> StoredRulebook:
     """Validate and store a rulebook version (not activated). The same text again is a no-op."""
     rulebook = parse_rulebook_text(text, origin=origin)
+    return await _store_parsed(session, rulebook, text, clock=clock)
+
+
+async def _store_parsed(
+    session: AsyncSession, rulebook: Rulebook, text: str, *, clock: Clock
+) -> StoredRulebook:
     existing = await session.get(StoredRulebook, rulebook.version)
     if existing is not None:
         if existing.fingerprint != rulebook.fingerprint():
@@ -74,11 +85,11 @@ async def install_configured(session: AsyncSession, path: Path, *, clock: Clock)
     """At start: store the configured file; activate it when nothing is active yet or when it
     carries a version the database has not seen (a deliberate deploy). Returns the active one.
     """
-    text = _read(path)
-    current = await active_version(session)
+    text = read_rulebook_text(path)
     rulebook = parse_rulebook_text(text, origin=str(path))
+    current = await active_version(session)
     known = await session.get(StoredRulebook, rulebook.version) is not None
-    stored = await store(session, text, origin=str(path), clock=clock)
+    stored = await _store_parsed(session, rulebook, text, clock=clock)
     if current is None or not known:
         await activate(session, stored.version, clock=clock)
         log.info("rulebook %s from %s is active", stored.version, path)
@@ -86,13 +97,6 @@ async def install_configured(session: AsyncSession, path: Path, *, clock: Clock)
     if current != stored.version:
         log.info("rulebook %s stays active (set by the API); %s is stored", current, path)
     return current
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise RulebookError(f"cannot read rulebook {path}: {exc.strerror}") from exc
 
 
 class RulebookCache:

@@ -733,12 +733,15 @@ def parse_rulebook_text(text: str, origin: str = "rulebook.yaml") -> Rulebook:
     return _validated(document, origin=origin, root=root)
 
 
-def load_rulebook(path: Path) -> Rulebook:
+def read_rulebook_text(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except OSError as exc:
         raise RulebookError(f"cannot read rulebook {path}: {exc.strerror}") from exc
-    return parse_rulebook_text(text, str(path))
+
+
+def load_rulebook(path: Path) -> Rulebook:
+    return parse_rulebook_text(read_rulebook_text(path), str(path))
 
 
 Loc = tuple[int | str, ...]
