@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -127,7 +128,12 @@ async def test_dev_runs_the_whole_pipeline_and_stops_cleanly_on_ctrl_c(tmp_path:
                 return items[0] if items and items[0]["owner"] else None
 
             lead = await eventually(owned, timeout=30)
-            sla = (await client.get(f"/sla/leads/{lead['lead_id']}")).json()
+
+            async def clock_started() -> dict[str, Any] | None:
+                response = await client.get(f"/sla/leads/{lead['lead_id']}")
+                return response.json() if response.status_code == 200 else None
+
+            sla = await eventually(clock_started, timeout=30)
             assert sla["clocks"][0]["deadline"]
 
         settings = Settings(kafka_bootstrap=f"127.0.0.1:{broker_port}")
