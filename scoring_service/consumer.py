@@ -60,10 +60,21 @@ def source_of(data: ActivityData) -> str:
     return str(utm) if utm else data.channel
 
 
-def parse_activity(topic: str, value: bytes | None) -> ActivityEvent:
+@dataclass(frozen=True, slots=True)
+class IncomingActivity:
+    """An activity as read from `lead.activity`: the parsed event and its envelope as received,
+    which is what the activity log stores (no second serialization per event)."""
+
+    event: ActivityEvent
+    envelope: str
+
+
+def parse_activity(topic: str, value: bytes | None) -> IncomingActivity:
     if topic != LEAD_ACTIVITY:
         raise PoisonRecord(f"scoring does not consume {topic}")
-    return decode(ActivityEvent, value)
+    event = decode(ActivityEvent, value)
+    assert value is not None
+    return IncomingActivity(event, value.decode())
 
 
 @dataclass
@@ -115,18 +126,21 @@ class ActivityApplier:
         self._clock = clock
         self._emitter = Emitter(service="scoring", source="leadflow/scoring", clock=clock)
 
-    def spec(self) -> ConsumerSpec[ActivityEvent]:
+    def spec(self) -> ConsumerSpec[IncomingActivity]:
         return ConsumerSpec(
             name="scoring",
             group_id="scoring",
             topics=(LEAD_ACTIVITY,),
             parse=parse_activity,
-            event_id=lambda event: event.id,
+            event_id=lambda incoming: incoming.event.id,
             handle=self.apply_batch,
         )
 
-    async def apply_batch(self, session: AsyncSession, events: Sequence[ActivityEvent]) -> None:
+    async def apply_batch(
+        self, session: AsyncSession, incoming: Sequence[IncomingActivity]
+    ) -> None:
         active = await self.rulebooks.active(session)
+        events = [item.event for item in incoming]
         keys_by_event = [identity_keys(event.data) for event in events]
         owners = await store.owners_of(session, (key for keys in keys_by_event for key in keys))
         leads = await store.leads_for_update(session, owners.values())
@@ -144,15 +158,22 @@ class ActivityApplier:
         # leads merged later in the batch hand their new identities and activities on
         await store.insert_identities(session, batch.new_identities())
         await store.insert_activities(
-            session, [store.activity_row(event, batch.final(lead).id) for event, lead in placed]
+            session,
+            [
+                store.activity_row(item.event, item.envelope, batch.final(lead).id)
+                for item, (_, lead) in zip(incoming, placed, strict=True)
+            ],
         )
         ledger = store.LedgerWrites()
         qualified = []
+        scored = []
         for item in batch.work.values():
             if item.lead.merged_into is None:
                 step = await self._score(session, item, active, ledger)
+                scored.append(item.lead)
                 if step is not None:
                     qualified.append((item.lead, step))
+        await store.write_scored(session, scored)
         await ledger.write(session)
         await self._emit_mqls(session, qualified, active)
 

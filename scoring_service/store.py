@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import flag_modified
 
 from schemas.envelope import CloudEvent
 from schemas.events import ActivityData
@@ -42,6 +43,37 @@ async def leads_for_update(session: AsyncSession, ids: Iterable[str]) -> dict[st
     if _locking(session):
         query = query.with_for_update()
     return {lead.id: lead for lead in (await session.scalars(query)).all()}
+
+
+SCORED_COLUMNS = (
+    "email",
+    "score",
+    "fit",
+    "engagement",
+    "grade",
+    "disqualified_by",
+    "stage",
+    "mql_cycle",
+    "qualified_in_cycle",
+    "attributes",
+    "state",
+    "rulebook_version",
+    "last_activity_at",
+    "updated_at",
+)
+
+
+async def write_scored(session: AsyncSession, leads: Iterable[Lead]) -> None:
+    """Write a batch's scored leads in one executemany round trip.
+
+    The ORM groups UPDATEs by the set of changed columns, and leads change different ones
+    (attributes on some, stage on others), which would cost a statement per group; naming the
+    same columns for every lead makes the batch a single group.
+    """
+    for lead in leads:
+        for column in SCORED_COLUMNS:
+            flag_modified(lead, column)
+    await session.flush()
 
 
 async def insert_identities(session: AsyncSession, rows: Sequence[dict[str, str]]) -> None:
@@ -109,13 +141,13 @@ def to_record(event_id: str, time: Any, envelope: str) -> ActivityRecord:
     return ActivityRecord(event_id=event_id, time=time, activity=data)
 
 
-def activity_row(event: CloudEvent[ActivityData], lead_id: str) -> dict[str, Any]:
+def activity_row(event: CloudEvent[ActivityData], envelope: str, lead_id: str) -> dict[str, Any]:
     return {
         "event_id": event.id,
         "lead_id": lead_id,
         "activity_type": event.data.activity_type.value,
         "event_time": event.time,
-        "envelope": event.model_dump_json(),
+        "envelope": envelope,
     }
 
 

@@ -58,6 +58,9 @@ def is_sqlite(url: str) -> bool:
 
 
 def create_engine(url: str) -> AsyncEngine:
+    """On PostgreSQL every statement is planned for its own parameters: asyncpg prepares and
+    reuses statements, and a generic plan made while a table was still small (a sequential
+    scan) would otherwise stay in use after the table has grown, at hundreds of ms a batch."""
     if is_sqlite(url):
         database = url.split("///", 1)[-1]
         if database and database != ":memory:":
@@ -66,7 +69,13 @@ def create_engine(url: str) -> AsyncEngine:
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         event.listen(engine.sync_engine, "begin", _sqlite_begin_immediate)
         return engine
-    return create_async_engine(url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    return create_async_engine(
+        url,
+        pool_size=10,
+        max_overflow=10,
+        pool_pre_ping=True,
+        connect_args={"server_settings": {"plan_cache_mode": "force_custom_plan"}},
+    )
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

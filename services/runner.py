@@ -49,6 +49,8 @@ BatchHandler = Callable[[AsyncSession, Sequence[EventT]], Awaitable[None]]
 
 EventId = Callable[[EventT], str]
 
+Received = tuple[list[ConsumerRecord[Any, Any]], list[EventT]]
+
 
 @dataclass
 class ConsumerSpec(Generic[EventT]):
@@ -84,21 +86,37 @@ class ConsumerRunner(Generic[EventT]):
         self.applied = 0
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Apply batch after batch; the next batch is fetched and parsed while the current
+        one waits on the database, so the two overlap instead of taking turns."""
         await self._consumer.start()
+        upcoming = asyncio.create_task(self._receive(stop))
         try:
-            while not stop.is_set():
-                batches = await self._consumer.getmany(timeout_ms=self._poll_timeout_ms)
-                records = [record for part in batches.values() for record in part]
-                if not records:
-                    continue
-                await self._handle(records, stop)
+            while True:
+                records, events = await upcoming
+                if not stop.is_set():
+                    upcoming = asyncio.create_task(self._receive(stop))
+                if records:
+                    await self._apply_and_commit(records, events, stop)
+                if stop.is_set():
+                    return
         finally:
+            # a batch being parsed may be parking records: let it finish, apply nothing more
+            await asyncio.gather(upcoming, return_exceptions=True)
             await self._consumer.stop()
 
-    async def _handle(self, records: list[ConsumerRecord[Any, Any]], stop: asyncio.Event) -> None:
-        events = await self._until_done(lambda: self._parse_all(records), stop)
+    async def _apply_and_commit(
+        self, records: list[ConsumerRecord[Any, Any]], events: list[EventT], stop: asyncio.Event
+    ) -> None:
         applied = await self._until_done(lambda: self._apply(events), stop)
         await self._commit(records, applied)
+
+    async def _receive(self, stop: asyncio.Event) -> Received[EventT]:
+        """The next batch of records and the events parsed from them (unreadable ones parked)."""
+        batches = await self._consumer.getmany(timeout_ms=self._poll_timeout_ms)
+        records = [record for part in batches.values() for record in part]
+        if not records:
+            return records, []
+        return records, await self._until_done(lambda: self._parse_all(records), stop)
 
     async def process(self, records: Sequence[ConsumerRecord[Any, Any]]) -> None:
         """One attempt at a batch: park the unreadable, apply the rest, commit the offsets."""

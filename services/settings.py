@@ -31,7 +31,12 @@ class Settings(BaseSettings):
     http_port: int = Field(default=8000, ge=0, le=65535)
     broker_port: int | None = Field(default=None, ge=0, le=65535)
     produce_timeout_seconds: float = Field(default=5.0, gt=0)
-    consumer_batch_size: int = Field(default=500, ge=1)
+    consumer_batch_size: int = Field(
+        default=5000,
+        ge=1,
+        description="Most records a consumer applies in one transaction; under a backlog, "
+        "bigger batches amortize per-lead work (a quiet stream gives small batches anyway).",
+    )
     consumer_fetch_max_wait_ms: int = Field(
         default=100, ge=1, description="Longest a fetch waits for new records (latency bound)."
     )

@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from schemas.events import ActivityData, ActivityType, Identity
 from schemas.registry import ACTIVITY
 from schemas.topics import LEAD_ACTIVITY, LEAD_ACTIVITY_DLQ, LEAD_SCORED
-from scoring_service.consumer import ActivityApplier, ActivityEvent, lead_id_for
+from scoring_service.consumer import ActivityApplier, IncomingActivity, lead_id_for
 from scoring_service.models import Lead, LedgerEntry
 from scoring_service.rulebooks import RulebookCache, install_configured
 from services.bus import Publisher, make_consumer
@@ -191,7 +191,7 @@ async def test_a_failing_batch_applies_nothing_and_commits_no_offset(settings: S
     )
     applier = ActivityApplier(RulebookCache(), ManualClock(datetime(2026, 11, 23, tzinfo=UTC)))
 
-    async def apply_then_fail(session: AsyncSession, events: Sequence[ActivityEvent]) -> None:
+    async def apply_then_fail(session: AsyncSession, events: Sequence[IncomingActivity]) -> None:
         await applier.apply_batch(session, events[:1])
         raise RuntimeError("database went away")
 

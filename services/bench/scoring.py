@@ -280,7 +280,7 @@ async def run_one(base: Settings, database: str, url: str, args: argparse.Namesp
                 topic_prefix=f"bench{uuid.uuid4().hex[:6]}.",
                 topic_partitions=args.partitions,
                 rulebook=args.rulebook,
-                consumer_batch_size=args.batch_size,
+                consumer_batch_size=args.batch_size or base.consumer_batch_size,
                 consumer_session_timeout_ms=2000,
                 poll_interval_seconds=0.05,
             )
@@ -289,7 +289,9 @@ async def run_one(base: Settings, database: str, url: str, args: argparse.Namesp
         await ensure_topics(settings)
         stream = Stream(args.leads, args.skew, seed=7)
         print(
-            f"[{database}] generating {args.events:,} events over {args.leads:,} leads", flush=True
+            f"[{database}] generating {args.events:,} events over {args.leads:,} leads "
+            f"({args.partitions} partitions, batches of up to {settings.consumer_batch_size:,})",
+            flush=True,
         )
         records = list(stream.events(args.events))
         await produce(settings, records)
@@ -345,7 +347,9 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--leads", type=int, default=5_000)
     parser.add_argument("--skew", type=float, default=1.1, help="Zipf exponent over leads")
     parser.add_argument("--partitions", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=2000)
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="default: LEADFLOW_CONSUMER_BATCH_SIZE"
+    )
     parser.add_argument("--triggers", type=int, default=100, help="demo requests timed")
     parser.add_argument("--database", choices=("sqlite", "postgres", "both"), default="sqlite")
     parser.add_argument(
@@ -393,7 +397,16 @@ async def run(base: Settings, args: argparse.Namespace) -> list[Result]:
 
 def main(settings: Settings, argv: Sequence[str]) -> int:
     args = parse(argv)
-    results = asyncio.run(run(settings, args))
+    try:
+        results = asyncio.run(run(settings, args))
+    except (OSError, ConnectionError) as error:
+        print(f"leadflow bench scoring: cannot reach the database: {error}", file=sys.stderr)
+        return 2
+    except Exception as error:
+        if type(error).__module__.startswith("asyncpg"):
+            print(f"leadflow bench scoring: PostgreSQL refused: {error}", file=sys.stderr)
+            return 2
+        raise
     print()
     print(report(results))
     sys.stdout.flush()
