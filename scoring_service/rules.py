@@ -402,19 +402,15 @@ class ActivityMatch(_Strict):
 
 
 def _all_of_activity(checks: tuple[ActivityCheck, ...]) -> ActivityCheck:
+    """The checks as one predicate (run for every rule on every activity: a single check is
+    returned as it is)."""
+    if len(checks) == 1:
+        return checks[0]
+
     def matches(activity: ActivityData, gap: float | None) -> bool:
         return all(check(activity, gap) for check in checks)
 
     return matches
-
-
-def _fields_hold(fields: Mapping[str, Condition]) -> ActivityCheck:
-    pairs = tuple((name, condition.predicate()) for name, condition in fields.items())
-
-    def check(activity: ActivityData, _gap: float | None) -> bool:
-        return all(holds(activity_field(activity, name)) for name, holds in pairs)
-
-    return check
 
 
 def _long_enough(least: float) -> ActivityCheck:

@@ -85,6 +85,11 @@ class ConsumerRunner(Generic[EventT]):
         self._after_commit = after_commit
         self.applied = 0
 
+    def assignment(self) -> set[TopicPartition]:
+        """The partitions this runner's consumer owns now (empty before it joined its group)."""
+        owned: set[TopicPartition] = self._consumer.assignment()
+        return owned
+
     async def run(self, stop: asyncio.Event) -> None:
         """Apply batch after batch; the next batch is fetched and parsed while the current
         one waits on the database, so the two overlap instead of taking turns."""
@@ -164,7 +169,7 @@ class ConsumerRunner(Generic[EventT]):
     async def _commit(self, records: Sequence[ConsumerRecord[Any, Any]], applied: int) -> None:
         """Commit the offsets of the partitions this consumer still owns. After a rebalance the
         new owner re-reads the rest, and skips what was applied by its recorded ids."""
-        owned = self._consumer.assignment()
+        owned = self.assignment()
         offsets = {part: offset for part, offset in _next_offsets(records).items() if part in owned}
         if offsets:
             try:
