@@ -20,7 +20,7 @@ from schemas.registry import Contract
 from services.bus import OutgoingRecord, Publisher, PublishError, encode
 from services.clock import Clock
 from services.codec import envelope
-from services.db import bulk_insert
+from services.db import READ_ONLY, bulk_insert
 from services.models import OutboxRecord
 
 log = logging.getLogger(__name__)
@@ -154,6 +154,7 @@ class OutboxRelay:
                     rows = await self._pending(session)
                     await self._publish_and_delete(session, rows)
                     return len(rows)
+            await session.connection(execution_options={READ_ONLY: True})
             rows = await self._pending(session)
         async with self._sessions() as session, session.begin():
             await self._publish_and_delete(session, rows)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -9,11 +10,11 @@ from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from schemas.events import ActivityData, ActivityType, Identity
-from schemas.registry import ACTIVITY
+from schemas.events import ActivityData, ActivityType, Identity, LeadScoredData
+from schemas.registry import ACTIVITY, SCORED
 from schemas.topics import LEAD_ACTIVITY, LEAD_ACTIVITY_DLQ, LEAD_SCORED
 from scoring_service.consumer import ActivityApplier, IncomingActivity, lead_id_for
 from scoring_service.models import Lead, LedgerEntry
@@ -23,6 +24,7 @@ from services.clock import ManualClock, SystemClock
 from services.codec import envelope
 from services.db import create_engine, session_factory
 from services.models import ProcessedEvent
+from services.outbox import Emitter, OutboxRelay, write_pending
 from services.runner import DLQ_REASON_HEADER, ConsumerRunner, ConsumerSpec
 from services.runtime import Runtime
 from services.settings import Settings
@@ -203,3 +205,51 @@ async def test_a_failing_batch_applies_nothing_and_commits_no_offset(settings: S
         assert await harness.count(ProcessedEvent) == 0
         partition = TopicPartition(records[0].topic, records[0].partition)
         assert await harness.consumer.committed(partition) is None
+
+
+async def test_the_relay_publishes_while_a_batch_holds_sqlites_write_lock(
+    settings: Settings,
+) -> None:
+    """SQLite has one writer: the relay's read must not queue behind a consumer's batch, or
+    every MQL would wait a whole batch before it goes out."""
+    if not settings.effective_database_url.startswith("sqlite"):
+        pytest.skip("PostgreSQL has row locks, no single write lock")
+    engine = create_engine(settings.effective_database_url)
+    sessions = session_factory(engine)
+    publisher = Publisher(settings)
+    await publisher.start()
+    try:
+        async with sessions() as session, session.begin():
+            Emitter(service="scoring", source="test", clock=SystemClock()).emit(
+                session,
+                SCORED,
+                event_id="scored:ld_lock:1",
+                time=datetime(2026, 11, 23, 15, tzinfo=UTC),
+                key="ld_lock",
+                data=LeadScoredData(
+                    lead_id="ld_lock",
+                    score=12,
+                    previous_score=0,
+                    fit=0,
+                    engagement=12,
+                    grade="D1",
+                    stage="lead",
+                    mql_cycle=0,
+                    rulebook_version="test",
+                    cause_event_id="e-1",
+                    merged_ids=[],
+                ),
+            )
+            await write_pending(session)
+        relay = OutboxRelay("scoring", sessions, publisher, batch_size=10, poll_interval=0.05)
+        async with sessions() as batch:
+            await batch.begin()
+            await batch.execute(text("DELETE FROM processed_events WHERE 1 = 0"))  # holds the lock
+            publishing = asyncio.create_task(relay.publish_pending())
+            published = values(await read_topic(settings, LEAD_SCORED, expect=1, timeout=5))
+            assert [event["id"] for event in published] == ["scored:ld_lock:1"]
+            await batch.rollback()
+        assert await asyncio.wait_for(publishing, timeout=10) == 1
+    finally:
+        await publisher.stop()
+        await engine.dispose()
