@@ -147,13 +147,13 @@ class ActivityApplier:
         if any(lead.merged_into for lead in leads.values()):
             raise ConcurrentChange("a lead of this batch was merged by another worker")
         batch = Stitching(owners=owners, leads=leads)
-        placed: list[tuple[ActivityEvent, Lead]] = []
+        placed: list[Lead] = []
         for event, keys in zip(events, keys_by_event, strict=True):
             lead = await self._stitch(session, batch, event, keys, active)
             batch.work[lead.id].pending.append(
                 ActivityRecord(event_id=event.id, time=event.time, activity=event.data)
             )
-            placed.append((event, lead))
+            placed.append(lead)
         await session.flush()
         # leads merged later in the batch hand their new identities and activities on
         await store.insert_identities(session, batch.new_identities())
@@ -161,7 +161,7 @@ class ActivityApplier:
             session,
             [
                 store.activity_row(item.event, item.envelope, batch.final(lead).id)
-                for item, (_, lead) in zip(incoming, placed, strict=True)
+                for item, lead in zip(incoming, placed, strict=True)
             ],
         )
         ledger = store.LedgerWrites()

@@ -26,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from sqlalchemy import func, select
 
@@ -367,8 +368,6 @@ def parse(argv: Sequence[str]) -> argparse.Namespace:
 
 
 async def _reset_postgres(url: str) -> None:
-    import asyncpg
-
     connection = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
     try:
         await connection.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
@@ -401,14 +400,9 @@ def main(settings: Settings, argv: Sequence[str]) -> int:
     args = parse(argv)
     try:
         results = asyncio.run(run(settings, args))
-    except (OSError, ConnectionError) as error:
-        print(f"leadflow bench scoring: cannot reach the database: {error}", file=sys.stderr)
+    except (OSError, asyncpg.PostgresError) as error:
+        print(f"leadflow bench scoring: the database refused: {error}", file=sys.stderr)
         return 2
-    except Exception as error:
-        if type(error).__module__.startswith("asyncpg"):
-            print(f"leadflow bench scoring: PostgreSQL refused: {error}", file=sys.stderr)
-            return 2
-        raise
     print()
     print(report(results))
     sys.stdout.flush()
