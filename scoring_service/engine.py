@@ -45,7 +45,12 @@ class ActivityRecord:
     activity: ActivityData
 
 
-@dataclass(frozen=True, slots=True)
+# The fold's value objects are never changed once built, but they are not declared frozen: a
+# frozen dataclass's __init__ sets each field through object.__setattr__, six times slower,
+# and the fold builds several of them per activity (`leadflow bench scoring` profiles).
+
+
+@dataclass(slots=True)
 class LedgerLine:
     event_id: str
     time: datetime
@@ -62,7 +67,7 @@ class Qualification:
     trigger: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Grant:
     """Engagement points granted at one event time, kept only while they can expire.
 
@@ -74,7 +79,7 @@ class Grant:
     points: float
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CapCounter:
     """How often and how much one capped rule granted: in all, on `day` and in `week`."""
 
@@ -88,7 +93,7 @@ class CapCounter:
     week_points: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class LeadState:
     """Everything the fold needs to continue with a lead; treat it (and its dicts) as read-only.
 
@@ -219,7 +224,7 @@ def initial_state(
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Step:
     """The result of one activity.
 
@@ -262,7 +267,7 @@ def apply(rulebook: Rulebook, state: LeadState, record: ActivityRecord) -> Step:
     activity = record.activity
     if activity.is_bot:
         return Step(replace(state, last_time=time, last_event_id=record.event_id), (), None)
-    compiled = rulebook.compiled()
+    compiled = rulebook.compiled
     lines: list[LedgerLine] = []
     profile = _profile(compiled, state, activity, record.event_id, time, lines)
     gap = _page_view_gap(state, activity, time)
@@ -297,7 +302,7 @@ def apply(rulebook: Rulebook, state: LeadState, record: ActivityRecord) -> Step:
             rulebook, compiled, new_state, activity, gap, record.event_id, time
         )
         if qualification is not None:
-            new_state = replace(new_state, qualified_in_cycle=True)
+            new_state.qualified_in_cycle = True
     return Step(new_state, tuple(lines), qualification)
 
 
@@ -342,7 +347,7 @@ def _qualification(
 # --- attributes and fit ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Profile:
     attributes: Mapping[str, Any]
     fit_rules: tuple[tuple[str, float], ...]
@@ -390,9 +395,10 @@ def _merged(attributes: Mapping[str, Any], activity: ActivityData) -> Mapping[st
     email = activity.identity.email
     if email and "email" not in stated:
         stated["email"] = email.lower()
-    if all(attributes.get(name, _MISSING) == value for name, value in stated.items()):
-        return attributes
-    return {**attributes, **stated}
+    for name, value in stated.items():
+        if attributes.get(name, _MISSING) != value:
+            return {**attributes, **stated}
+    return attributes
 
 
 def _fit_changes(

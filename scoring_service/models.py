@@ -54,7 +54,8 @@ class LedgerEntry(Base):
     id: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
     )
-    lead_id: Mapped[str] = mapped_column(ForeignKey("scoring_leads.id"), index=True)
+    lead_id: Mapped[str] = mapped_column(String(64), index=True)
+    """No foreign key on the two per-event tables: see migration 0004."""
     event_id: Mapped[str] = mapped_column(String(200))
     rule: Mapped[str] = mapped_column(String(200))
     kind: Mapped[str] = mapped_column(String(16), default="engagement")
@@ -69,7 +70,7 @@ class Activity(Base):
     __tablename__ = "scoring_activities"
 
     event_id: Mapped[str] = mapped_column(String(200), primary_key=True)
-    lead_id: Mapped[str] = mapped_column(ForeignKey("scoring_leads.id"), index=True)
+    lead_id: Mapped[str] = mapped_column(String(64), index=True)
     activity_type: Mapped[str] = mapped_column(String(50))
     event_time: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     envelope: Mapped[str] = mapped_column(Text)

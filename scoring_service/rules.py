@@ -23,6 +23,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -277,7 +278,11 @@ def all_conditions(conditions: Mapping[str, Condition]) -> AttributesCheck:
     pairs = tuple((name, condition.predicate()) for name, condition in conditions.items())
 
     def holds(values: Mapping[str, Any]) -> bool:
-        return all(check(values.get(name)) for name, check in pairs)
+        # a loop rather than all(<generator>): this runs per rule per activity
+        for name, check in pairs:  # noqa: SIM110
+            if not check(values.get(name)):
+                return False
+        return True
 
     return holds
 
@@ -408,7 +413,11 @@ def _all_of_activity(checks: tuple[ActivityCheck, ...]) -> ActivityCheck:
         return checks[0]
 
     def matches(activity: ActivityData, gap: float | None) -> bool:
-        return all(check(activity, gap) for check in checks)
+        # a loop rather than all(<generator>): this runs per rule per activity
+        for check in checks:  # noqa: SIM110
+            if not check(activity, gap):
+                return False
+        return True
 
     return matches
 
@@ -459,7 +468,7 @@ class _ActivityRule(_Strict):
         return lambda activity, gap: when(activity, gap) and not unless(activity, gap)
 
     def matches(self, activity: ActivityData, gap_minutes: float | None = None) -> bool:
-        """For one-off checks; the engine runs the predicates `Rulebook.compiled()` holds."""
+        """For one-off checks; the engine runs the predicates `Rulebook.compiled` holds."""
         return self.predicate()(activity, gap_minutes)
 
 
@@ -611,30 +620,32 @@ class Rulebook(_Strict):
     engagement: tuple[EngagementRule, ...] = ()
     triggers: tuple[Trigger, ...] = ()
 
-    _compiled: Compiled = PrivateAttr()
-
     def model_post_init(self, context: Any, /) -> None:
-        self._compiled = Compiled.of(self)
+        _ = self.compiled  # built while validating, so a rule that cannot compile is refused
 
+    @cached_property
     def compiled(self) -> Compiled:
-        """The rules as plain predicates, built once; what the engine runs per activity."""
-        return self._compiled
+        """The rules as plain predicates, built once; what the engine runs per activity.
+
+        A cached property rather than a private attribute: it is read for every activity,
+        and pydantic serves private attributes through a slow `__getattr__`."""
+        return Compiled.of(self)
 
     def fingerprint(self) -> str:
         """A stable hash of the rules' content (not of the file's layout or comments)."""
-        return self._compiled.fingerprint
+        return self.compiled.fingerprint
 
     def engagement_rules(self, kind: ActivityType) -> tuple[ScoringRule, ...]:
-        return self._compiled.engagement[kind]
+        return self.compiled.engagement[kind]
 
     def trigger_for(self, activity: ActivityData, gap_minutes: float | None = None) -> str | None:
-        return self._compiled.trigger_for(activity, gap_minutes)
+        return self.compiled.trigger_for(activity, gap_minutes)
 
     def fit_for(self, attributes: Mapping[str, Any]) -> tuple[tuple[str, float], ...]:
-        return self._compiled.fit_for(attributes)
+        return self.compiled.fit_for(attributes)
 
     def disqualified_by(self, attributes: Mapping[str, Any]) -> tuple[str, ...]:
-        return self._compiled.disqualified_by(attributes)
+        return self.compiled.disqualified_by(attributes)
 
 
 @dataclass(frozen=True, slots=True)

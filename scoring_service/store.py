@@ -15,7 +15,7 @@ from schemas.envelope import CloudEvent
 from schemas.events import ActivityData
 from scoring_service.engine import ActivityRecord, LedgerLine
 from scoring_service.models import Activity, Lead, LeadIdentity, LedgerEntry
-from services.db import bulk_insert
+from services.db import among, bulk_insert
 
 
 def _locking(session: AsyncSession) -> bool:
@@ -29,7 +29,9 @@ async def owners_of(session: AsyncSession, keys: Iterable[str]) -> dict[str, str
     if not wanted:
         return {}
     rows = await session.execute(
-        select(LeadIdentity.key, LeadIdentity.lead_id).where(LeadIdentity.key.in_(wanted))
+        select(LeadIdentity.key, LeadIdentity.lead_id).where(
+            among(session, LeadIdentity.key, wanted)
+        )
     )
     return {key: lead_id for key, lead_id in rows}
 
@@ -39,7 +41,7 @@ async def leads_for_update(session: AsyncSession, ids: Iterable[str]) -> dict[st
     wanted = sorted(set(ids))
     if not wanted:
         return {}
-    query = select(Lead).where(Lead.id.in_(wanted)).order_by(Lead.id)
+    query = select(Lead).where(among(session, Lead.id, wanted)).order_by(Lead.id)
     if _locking(session):
         query = query.with_for_update()
     return {lead.id: lead for lead in (await session.scalars(query)).all()}
@@ -112,7 +114,7 @@ async def first_activity_times(
 ) -> dict[str, datetime]:
     rows = await session.execute(
         select(Activity.lead_id, func.min(Activity.event_time))
-        .where(Activity.lead_id.in_(list(lead_ids)))
+        .where(among(session, Activity.lead_id, lead_ids))
         .group_by(Activity.lead_id)
     )
     return {lead_id: first for lead_id, first in rows}
@@ -124,7 +126,7 @@ async def activity_logs(
     """Activity logs of several leads up to `before`, each in event-time order."""
     rows = await session.execute(
         select(Activity.lead_id, Activity.event_id, Activity.event_time, Activity.envelope)
-        .where(Activity.lead_id.in_(list(lead_ids)), Activity.event_time < before)
+        .where(among(session, Activity.lead_id, lead_ids), Activity.event_time < before)
         .order_by(Activity.lead_id, Activity.event_time, Activity.event_id)
     )
     logs: dict[str, list[ActivityRecord]] = {}
@@ -180,7 +182,9 @@ class LedgerWrites:
     async def write(self, session: AsyncSession) -> None:
         if self.replaced:
             await session.execute(
-                delete(LedgerEntry).where(LedgerEntry.lead_id.in_(sorted(self.replaced)))
+                delete(LedgerEntry).where(
+                    among(session, LedgerEntry.lead_id, sorted(self.replaced))
+                )
             )
         await bulk_insert(session, LedgerEntry, self.rows)
 
@@ -197,7 +201,7 @@ async def rule_totals(
     for start, lead_ids in leads_by_start.items():
         query = (
             select(LedgerEntry.lead_id, LedgerEntry.rule, func.sum(LedgerEntry.points))
-            .where(LedgerEntry.lead_id.in_(lead_ids))
+            .where(among(session, LedgerEntry.lead_id, lead_ids))
             .group_by(LedgerEntry.lead_id, LedgerEntry.rule)
         )
         if start is not None:

@@ -23,7 +23,7 @@ from services.bus import ensure_topics
 from services.clock import SystemClock
 from services.db import create_engine, session_factory
 from services.migrate import upgrade
-from services.runtime import PART_NAMES, Runtime
+from services.runtime import PART_NAMES, Runtime, tune_garbage_collector
 from services.settings import Settings
 
 log = logging.getLogger("leadflow")
@@ -109,6 +109,7 @@ async def _serve(runtime: Runtime, stop: asyncio.Event, banner: str | None) -> N
         )
     )
     await runtime.start()
+    tune_garbage_collector()
     server_task = asyncio.create_task(server.serve())
     try:
         while not server.started:

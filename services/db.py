@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 from asyncpg.exceptions import UniqueViolationError
-from sqlalchemy import JSON, DateTime, MetaData, Table, TypeDecorator, event, insert
+from sqlalchemy import (
+    JSON,
+    ColumnElement,
+    DateTime,
+    MetaData,
+    Table,
+    TypeDecorator,
+    any_,
+    bindparam,
+    event,
+    insert,
+)
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import (
@@ -19,7 +31,7 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
     create_async_engine,
 )
-from sqlalchemy.orm import DeclarativeBase
+from sqlalchemy.orm import DeclarativeBase, QueryableAttribute
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -98,6 +110,20 @@ neither waits for nor blocks the single writer (WAL lets readers run beside it).
 def _sqlite_begin_immediate(connection: Any) -> None:
     read_only = connection.get_execution_options().get(READ_ONLY, False)
     connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+def among(
+    session: AsyncSession,
+    column: ColumnElement[Any] | QueryableAttribute[Any],
+    values: Collection[Any],
+) -> ColumnElement[bool]:
+    """`column IN values`. On PostgreSQL written `column = ANY($1)` with the values as one
+    array: a batch's thousands of ids are one parameter instead of thousands to render and
+    bind, and the statement text (so its prepared statement) is the same for every batch."""
+    if session.get_bind().dialect.name != "postgresql":
+        return column.in_(values)
+    array = bindparam(None, list(values), type_=ARRAY(column.expression.type))
+    return column == any_(array)
 
 
 def session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

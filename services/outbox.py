@@ -7,7 +7,7 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel
 from sqlalchemy import delete, event, func, select
@@ -20,7 +20,7 @@ from schemas.registry import Contract
 from services.bus import OutgoingRecord, Publisher, PublishError, encode
 from services.clock import Clock
 from services.codec import envelope
-from services.db import READ_ONLY, bulk_insert
+from services.db import READ_ONLY, among, bulk_insert
 from services.models import OutboxRecord
 
 log = logging.getLogger(__name__)
@@ -106,6 +106,14 @@ def _forget_pending_events(session: Session) -> None:
     session.info.pop(_PENDING, None)
 
 
+class PendingEvent(NamedTuple):
+    id: int
+    topic: str
+    key: str
+    payload: bytes
+    ce_type: str
+
+
 class OutboxRelay:
     """Publishes one service's outbox in insertion order; deletes rows once the broker acked.
 
@@ -160,16 +168,23 @@ class OutboxRelay:
             await self._publish_and_delete(session, rows)
         return len(rows)
 
-    async def _pending(self, session: AsyncSession) -> list[OutboxRecord]:
+    async def _pending(self, session: AsyncSession) -> list[PendingEvent]:
+        """The next batch as plain rows: no ORM objects, they would only be deleted."""
         query = (
-            select(OutboxRecord)
+            select(
+                OutboxRecord.id,
+                OutboxRecord.topic,
+                OutboxRecord.key,
+                OutboxRecord.payload,
+                OutboxRecord.ce_type,
+            )
             .where(OutboxRecord.service == self.service)
             .order_by(OutboxRecord.id)
             .limit(self._batch_size)
         )
-        return list((await session.scalars(query)).all())
+        return [PendingEvent(*row) for row in await session.execute(query)]
 
-    async def _publish_and_delete(self, session: AsyncSession, rows: list[OutboxRecord]) -> None:
+    async def _publish_and_delete(self, session: AsyncSession, rows: list[PendingEvent]) -> None:
         if not rows:
             return
         await self._publisher.publish_many(
@@ -177,7 +192,7 @@ class OutboxRelay:
             for row in rows
         )
         await session.execute(
-            delete(OutboxRecord).where(OutboxRecord.id.in_([row.id for row in rows]))
+            delete(OutboxRecord).where(among(session, OutboxRecord.id, [row.id for row in rows]))
         )
 
     async def run(self, stop: asyncio.Event) -> None:

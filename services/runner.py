@@ -25,7 +25,7 @@ from services.bus import Publisher
 from services.clock import Clock
 from services.codec import PoisonRecord
 from services.config_files import describe
-from services.db import bulk_insert
+from services.db import among, bulk_insert
 from services.models import ProcessedEvent
 from services.outbox import write_pending
 
@@ -212,7 +212,7 @@ class ConsumerRunner(Generic[EventT]):
                 await session.scalars(
                     select(ProcessedEvent.event_id).where(
                         ProcessedEvent.consumer == self.spec.group_id,
-                        ProcessedEvent.event_id.in_(set(ids)),
+                        among(session, ProcessedEvent.event_id, set(ids)),
                     )
                 )
             ).all()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +39,22 @@ from sla_monitor.policy import load_policy
 log = logging.getLogger(__name__)
 
 PART_NAMES = ("gateway", "scoring", "handoff", "sla")
+
+YOUNG_COLLECTION_THRESHOLD = 20_000
+
+
+def tune_garbage_collector() -> None:
+    """For a long-running process, once it has started: what is alive now (modules, the
+    app, compiled rulebooks) is moved out of the collector's sight with `gc.freeze`, and
+    young collections run every 20,000 allocations instead of 700. A consumer batch builds
+    tens of thousands of short-lived objects, and with the defaults the collector kept
+    re-walking the same long-lived ones: `leadflow bench scoring` spent about a fifth of its
+    time there."""
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, middle, old)
+
+
 STOP_GRACE_SECONDS = 10.0
 
 

@@ -29,7 +29,7 @@ from fastapi import FastAPI
 from services.broker import EmbeddedBroker, free_port
 from services.bus import ensure_topics
 from services.clock import SystemClock
-from services.runtime import Runtime
+from services.runtime import Runtime, tune_garbage_collector
 from services.settings import Settings
 
 WRITE_KEY = "bench-key"
@@ -193,6 +193,7 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
             await ensure_topics(settings)
             runtime = Runtime(settings, SystemClock(), ["gateway"])
             await runtime.start()
+            tune_garbage_collector()
             try:
                 async with _serving(runtime.app) as gateway, _serving(ceiling_app()) as ceiling:
                     print(f"gateway {gateway}, ceiling {ceiling}, broker {broker.bootstrap}")

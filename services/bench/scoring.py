@@ -40,7 +40,7 @@ from services.codec import envelope
 from services.migrate import upgrade
 from services.models import OutboxRecord
 from services.runner import ConsumerRunner
-from services.runtime import Runtime
+from services.runtime import Runtime, tune_garbage_collector
 from services.settings import Settings
 
 MIX: Sequence[tuple[float, ActivityType, dict[str, Any]]] = (
@@ -302,6 +302,7 @@ async def run_one(base: Settings, database: str, url: str, args: argparse.Namesp
         top = await ceiling(settings, len(records))
         runtime = Runtime(settings, SystemClock(), ["scoring"])
         await runtime.start()
+        tune_garbage_collector()
         try:
             print(f"[{database}] scoring {len(records):,} events", flush=True)
             seconds = await drain(runtime, len(records), database)
