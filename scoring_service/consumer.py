@@ -134,6 +134,7 @@ class ActivityApplier:
             parse=parse_activity,
             event_id=lambda incoming: incoming.event.id,
             handle=self.apply_batch,
+            applied=store.logged_event_ids,
         )
 
     async def apply_batch(

@@ -209,9 +209,10 @@ def utc(moment: datetime) -> datetime:
     """The same instant in UTC; naive times are refused, since event time must be exact."""
     if moment.tzinfo is UTC:
         return moment
-    if moment.tzinfo is None or moment.utcoffset() is None:
+    offset = moment.utcoffset()
+    if offset is None:
         raise ValueError(f"event time {moment.isoformat()} has no time zone")
-    return moment.astimezone(UTC)
+    return moment.replace(tzinfo=UTC) if not offset else moment.astimezone(UTC)
 
 
 def initial_state(
@@ -338,8 +339,11 @@ def _qualification(
     trigger = compiled.trigger_for(activity, gap)
     if trigger is not None:
         return Qualification(event_id, time, "trigger", trigger)
-    scores = snapshot(rulebook, state, time)
-    if scores.total >= rulebook.mql.threshold and rulebook.mql.fit_grade_ok(scores.fit_grade):
+    # the total first: it is what rules most activities out, and cheaper than the grades
+    engagement = engagement_at(rulebook, state, time)
+    if _round(_round(state.fit) + _round(engagement)) < rulebook.mql.threshold:
+        return None
+    if rulebook.mql.fit_grade_ok(snapshot(rulebook, state, time).fit_grade):
         return Qualification(event_id, time, "threshold", None)
     return None
 

@@ -86,6 +86,15 @@ async def insert_activities(session: AsyncSession, rows: Sequence[dict[str, Any]
     await bulk_insert(session, Activity, rows)
 
 
+async def logged_event_ids(session: AsyncSession, event_ids: Sequence[str]) -> set[str]:
+    """The ids among these already in the activity log. A batch logs every activity it
+    applies, in its own transaction, so the log is scoring's record of what was applied."""
+    rows = await session.scalars(
+        select(Activity.event_id).where(among(session, Activity.event_id, set(event_ids)))
+    )
+    return set(rows.all())
+
+
 async def activity_log(session: AsyncSession, lead_id: str) -> list[ActivityRecord]:
     """Every stored activity of a lead, in event-time order."""
     rows = await session.execute(

@@ -49,6 +49,9 @@ BatchHandler = Callable[[AsyncSession, Sequence[EventT]], Awaitable[None]]
 
 EventId = Callable[[EventT], str]
 
+AppliedLookup = Callable[[AsyncSession, Sequence[str]], Awaitable[set[str]]]
+"""Which of these event ids a consumer has applied, read from its own records."""
+
 Received = tuple[list[ConsumerRecord[Any, Any]], list[EventT]]
 
 
@@ -60,6 +63,10 @@ class ConsumerSpec(Generic[EventT]):
     parse: Parser[EventT]
     event_id: EventId[EventT]
     handle: BatchHandler[EventT]
+    applied: AppliedLookup | None = None
+    """For a consumer whose handler stores every event it applies under the event's id, in
+    the same transaction (scoring's activity log): the runner asks it what was applied and
+    keeps no second record. None: the runner records ids in `processed_events`."""
 
 
 class ConsumerRunner(Generic[EventT]):
@@ -207,27 +214,32 @@ class ConsumerRunner(Generic[EventT]):
         ids = [self.spec.event_id(event) for event in events]
         if not ids:
             return []
-        seen = set(
-            (
-                await session.scalars(
-                    select(ProcessedEvent.event_id).where(
-                        ProcessedEvent.consumer == self.spec.group_id,
-                        among(session, ProcessedEvent.event_id, set(ids)),
-                    )
-                )
-            ).all()
-        )
+        seen = await self._applied(session, ids)
         fresh: list[EventT] = []
-        rows = []
-        now = self._clock.now()
+        fresh_ids: list[str] = []
         for event_id, event in zip(ids, events, strict=True):
             if event_id in seen:
                 continue
             seen.add(event_id)
             fresh.append(event)
-            rows.append({"consumer": self.spec.group_id, "event_id": event_id, "processed_at": now})
-        await bulk_insert(session, ProcessedEvent, rows)
+            fresh_ids.append(event_id)
+        if self.spec.applied is None:
+            now = self._clock.now()
+            rows = [
+                {"consumer": self.spec.group_id, "event_id": event_id, "processed_at": now}
+                for event_id in fresh_ids
+            ]
+            await bulk_insert(session, ProcessedEvent, rows)
         return fresh
+
+    async def _applied(self, session: AsyncSession, ids: list[str]) -> set[str]:
+        if self.spec.applied is not None:
+            return await self.spec.applied(session, ids)
+        query = select(ProcessedEvent.event_id).where(
+            ProcessedEvent.consumer == self.spec.group_id,
+            among(session, ProcessedEvent.event_id, set(ids)),
+        )
+        return set((await session.scalars(query)).all())
 
 
 def _next_offsets(records: Sequence[ConsumerRecord[Any, Any]]) -> dict[TopicPartition, int]:

@@ -17,7 +17,7 @@ from schemas.events import ActivityData, ActivityType, Identity, LeadScoredData
 from schemas.registry import ACTIVITY, SCORED
 from schemas.topics import LEAD_ACTIVITY, LEAD_ACTIVITY_DLQ, LEAD_SCORED
 from scoring_service.consumer import ActivityApplier, IncomingActivity, lead_id_for
-from scoring_service.models import Lead, LedgerEntry
+from scoring_service.models import Activity, Lead, LedgerEntry
 from scoring_service.rulebooks import RulebookCache, install_configured
 from services.bus import Publisher, make_consumer
 from services.clock import ManualClock, SystemClock
@@ -134,7 +134,13 @@ class _Harness:
         spec = applier.spec()
         if handle is not None:
             spec = ConsumerSpec(
-                spec.name, spec.group_id, spec.topics, spec.parse, spec.event_id, handle
+                spec.name,
+                spec.group_id,
+                spec.topics,
+                spec.parse,
+                spec.event_id,
+                handle,
+                spec.applied,
             )
         self.engine = create_engine(settings.effective_database_url)
         self.publisher = Publisher(settings)
@@ -182,7 +188,8 @@ async def test_a_batch_redelivered_after_a_crash_changes_nothing(settings: Setti
         await harness.runner.process(records)
         await harness.runner.process(records)  # as if offsets were never committed
         assert await lead_state(settings, "u-re") == (21, 4)  # pricing: once a day
-        assert await harness.count(ProcessedEvent) == 3
+        assert await harness.count(Activity) == 3  # scoring's record of applied events
+        assert await harness.count(ProcessedEvent) == 0  # so none is kept twice
         partition = TopicPartition(records[0].topic, records[0].partition)
         assert await harness.consumer.committed(partition) == records[-1].offset + 1
 
@@ -202,7 +209,7 @@ async def test_a_failing_batch_applies_nothing_and_commits_no_offset(settings: S
         with pytest.raises(RuntimeError, match="went away"):
             await harness.runner.process(records)
         assert await lead_state(settings, "u-fail") is None
-        assert await harness.count(ProcessedEvent) == 0
+        assert await harness.count(Activity) == 0
         partition = TopicPartition(records[0].topic, records[0].partition)
         assert await harness.consumer.committed(partition) is None
 
