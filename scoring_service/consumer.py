@@ -102,6 +102,10 @@ class Stitching:
     """Leads this batch creates: added to the session once scored, so each is written with
     one INSERT instead of an INSERT now and an UPDATE after scoring."""
 
+    def leads_named(self, keys: list[str]) -> list[str]:
+        """The known leads these identity keys belong to, in id order."""
+        return sorted({self.owners[key] for key in keys if key in self.owners})
+
     def work_for(self, lead: Lead) -> LeadWork:
         if lead.id not in self.work:
             self.work[lead.id] = LeadWork(
@@ -153,7 +157,12 @@ class ActivityApplier:
         batch = Stitching(owners=owners, leads=leads)
         placed: list[Lead] = []
         for event, keys in zip(events, keys_by_event, strict=True):
-            lead = await self._stitch(session, batch, event, keys, active)
+            found = batch.leads_named(keys)
+            if len(found) > 1:
+                survivor = await self._merge_all(session, batch, found)
+                lead = self._claim(batch, survivor, event, keys)
+            else:
+                lead = self._place(batch, found, event, keys, active)
             batch.work[lead.id].pending.append(
                 ActivityRecord(event_id=event.id, time=event.time, activity=event.data)
             )
@@ -181,33 +190,43 @@ class ActivityApplier:
         await ledger.write(session)
         await self._emit_mqls(session, qualified, active)
 
-    async def _stitch(
+    async def _merge_all(self, session: AsyncSession, batch: Stitching, found: list[str]) -> Lead:
+        """One activity names several leads: they are one person, merged into a survivor."""
+        candidates = [batch.leads[lead_id] for lead_id in found]
+        survivor = await self._survivor(session, candidates, batch.work)
+        for other in candidates:
+            if other is not survivor:
+                await self._merge(session, batch, other, survivor)
+        return survivor
+
+    def _place(
         self,
-        session: AsyncSession,
         batch: Stitching,
+        found: list[str],
         event: ActivityEvent,
         keys: list[str],
         active: ActiveRulebook,
     ) -> Lead:
-        """The lead this activity belongs to: found by any identity, created, or merged."""
-        found = sorted({batch.owners[key] for key in keys if key in batch.owners})
-        if not found:
-            lead = self._new_lead(lead_id_for(keys[0]), event, active)
-            batch.leads[lead.id] = lead
-            batch.created.append(lead)
-        else:
-            candidates = [batch.leads[lead_id] for lead_id in found]
-            lead = await self._survivor(session, candidates, batch.work)
-            for other in candidates:
-                if other is not lead:
-                    await self._merge(session, batch, other, lead)
+        """The lead of an activity that names at most one known lead (nearly every activity,
+        and no database round trip): that lead, or a new one."""
+        if found:
+            return self._claim(batch, batch.leads[found[0]], event, keys)
+        lead = self._new_lead(lead_id_for(keys[0]), event, active)
+        batch.leads[lead.id] = lead
+        batch.created.append(lead)
+        return self._claim(batch, lead, event, keys)
+
+    @staticmethod
+    def _claim(batch: Stitching, lead: Lead, event: ActivityEvent, keys: list[str]) -> Lead:
+        """Record the activity's identities as the lead's, and its email if it had none."""
         for key in keys:
             if key not in batch.owners:
                 batch.owners[key] = lead.id
                 batch.new_keys.append(key)
         batch.work_for(lead)
-        if event.data.identity.email and not lead.email:
-            lead.email = event.data.identity.email.lower()
+        email = event.data.identity.email
+        if email and not lead.email:
+            lead.email = email.lower()
         return lead
 
     async def _survivor(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from services.db import Base, UTCDateTime
@@ -64,15 +64,20 @@ class LedgerEntry(Base):
     rulebook_version: Mapped[str] = mapped_column(String(100))
 
 
+LOG_ORDER_INDEX = "ix_scoring_activities_lead_id_event_time"
+"""Every read of the log is one lead's activities in event time (see migration 0004)."""
+
+
 class Activity(Base):
     """The stored activity log, from which scores can be replayed."""
 
     __tablename__ = "scoring_activities"
+    __table_args__ = (Index(LOG_ORDER_INDEX, "lead_id", "event_time"),)
 
     event_id: Mapped[str] = mapped_column(String(200), primary_key=True)
-    lead_id: Mapped[str] = mapped_column(String(64), index=True)
+    lead_id: Mapped[str] = mapped_column(String(64))
     activity_type: Mapped[str] = mapped_column(String(50))
-    event_time: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    event_time: Mapped[datetime] = mapped_column(UTCDateTime())
     envelope: Mapped[str] = mapped_column(Text)
     """The CloudEvent as received (JSON text), parsed again only for replays."""
 
