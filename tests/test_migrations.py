@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Connection
 
 from services.db import create_engine
-from services.migrate import head_revisions
+from services.migrate import alembic_config, head_revisions, upgrade
 from services.schema import metadata
 
 
@@ -34,3 +35,21 @@ async def test_migrated_schema_matches_the_models(database_url: str) -> None:
         assert set(heads) == set(head_revisions())
     finally:
         await engine.dispose()
+
+
+def _downgrade(connection: Connection, revision: str) -> None:
+    config = alembic_config()
+    config.attributes["connection"] = connection
+    command.downgrade(config, revision)
+
+
+async def test_every_migration_can_be_undone_and_applied_again(database_url: str) -> None:
+    engine = create_engine(database_url)
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(_downgrade, "base")
+            assert await connection.run_sync(_differences) != []
+    finally:
+        await engine.dispose()
+    assert await upgrade(database_url) == ", ".join(sorted(head_revisions()))
+    await test_migrated_schema_matches_the_models(database_url)
