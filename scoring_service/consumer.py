@@ -274,6 +274,9 @@ class ActivityApplier:
         for key, owner in batch.owners.items():
             if owner == merged.id:
                 batch.owners[key] = survivor.id
+        for lead in batch.created:  # not stored yet, so move_lead did not repoint them
+            if lead.merged_into == merged.id:
+                lead.merged_into = survivor.id
         merged.merged_into = survivor.id
         _take_lifecycle(survivor, merged)
         merged.stage = "merged"

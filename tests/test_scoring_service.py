@@ -16,13 +16,15 @@ from sqlalchemy import select
 from schemas.events import ActivityData, ActivityType, Identity, LeadStatusData
 from schemas.registry import ACTIVITY, STATUS
 from schemas.topics import LEAD_ACTIVITY, LEAD_MQL, LEAD_SCORED, LEAD_STATUS
-from scoring_service import engine
-from scoring_service.consumer import lead_id_for
+from scoring_service import engine, store
+from scoring_service.consumer import ActivityApplier, lead_id_for, parse_activity
 from scoring_service.models import Lead
+from scoring_service.rulebooks import RulebookCache, install_configured
 from scoring_service.rules import parse_rulebook_text
 from services.clock import ManualClock
 from services.codec import envelope
 from services.db import create_engine, session_factory
+from services.outbox import write_pending
 from services.runtime import Runtime
 from services.settings import Settings
 from tests.conftest import OPS_KEY, http_client
@@ -352,3 +354,41 @@ async def test_recycled_lead_can_qualify_again_in_a_new_cycle(
     mqls = values(await read_topic(settings, LEAD_MQL, expect=2))
     assert [event["data"]["cycle"] for event in mqls] == [1, 2]
     assert (await eventually(owned))["stage"] == "mql"
+
+
+async def test_a_lead_merged_twice_in_one_batch_points_at_the_final_survivor(
+    database_url: str, tmp_path: Path
+) -> None:
+    """Visitor A folds into B, then B into C, all in one batch: every merged-away id must
+    lead to C, including A, which the batch created and never stored before."""
+    rulebook = tmp_path / "rulebook.yaml"
+    rulebook.write_text(RULEBOOK)
+    engine_ = create_engine(database_url)
+    sessions = session_factory(engine_)
+    clock = ManualClock(T0 + timedelta(days=1))
+    applier = ActivityApplier(RulebookCache(), clock)
+    batch = [
+        activity("m1", 0, email="cy@corp.example"),
+        activity("m2", 1, user="u-b"),
+        activity("m3", 2, anon="a-1"),
+        activity("m4", 3, user="u-b", anon="a-1"),  # A (newer history) into B
+        activity("m5", 4, user="u-b", email="cy@corp.example"),  # B into C
+    ]
+    try:
+        async with sessions() as session, session.begin():
+            await install_configured(session, rulebook, clock=clock)
+        async with sessions() as session, session.begin():
+            incoming = [parse_activity(LEAD_ACTIVITY, value) for _, value in batch]
+            await applier.apply_batch(session, incoming)
+            await write_pending(session)
+        survivor = lead_id_for("email:cy@corp.example")
+        async with sessions() as session:
+            for merged in (lead_id_for("anon:a-1"), lead_id_for("user:u-b")):
+                lead = await session.get(Lead, merged)
+                assert lead is not None and lead.merged_into == survivor
+                resolved = await store.resolve_merged(session, merged)
+                assert resolved is not None and resolved.id == survivor
+            final = await session.get(Lead, survivor)
+            assert final is not None and final.score == 25  # five page views, one lead
+    finally:
+        await engine_.dispose()
