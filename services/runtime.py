@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 PART_NAMES = ("gateway", "scoring", "handoff", "sla")
 
+STOP_GRACE_SECONDS = 10.0
 YOUNG_COLLECTION_THRESHOLD = 20_000
 
 
@@ -53,9 +54,6 @@ def tune_garbage_collector() -> None:
     gc.freeze()
     _, middle, old = gc.get_threshold()
     gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, middle, old)
-
-
-STOP_GRACE_SECONDS = 10.0
 
 
 class Worker(Protocol):
