@@ -340,8 +340,8 @@ def _qualification(
     if trigger is not None:
         return Qualification(event_id, time, "trigger", trigger)
     # the total first: it is what rules most activities out, and cheaper than the grades
-    engagement = engagement_at(rulebook, state, time)
-    if _round(_round(state.fit) + _round(engagement)) < rulebook.mql.threshold:
+    _, _, total = _scores(state.fit, engagement_at(rulebook, state, time))
+    if total < rulebook.mql.threshold:
         return None
     if rulebook.mql.fit_grade_ok(snapshot(rulebook, state, time).fit_grade):
         return Qualification(event_id, time, "threshold", None)
@@ -550,19 +550,24 @@ def snapshot(rulebook: Rulebook, state: LeadState, at: datetime) -> Snapshot:
     else:
         fit = fit_score(rulebook, state.attributes)[0]
         disqualified_by = rulebook.disqualified_by(state.attributes)
-    fit = _round(fit)
-    engagement = _round(engagement_at(rulebook, state, at))
+    fit, engagement, total = _scores(fit, engagement_at(rulebook, state, at))
     fit_grade = rulebook.grades.fit.grade(fit)
     engagement_grade = rulebook.grades.engagement.grade(engagement)
     return Snapshot(
         fit=fit,
         engagement=engagement,
-        total=_round(fit + engagement),
+        total=total,
         fit_grade=fit_grade,
         engagement_grade=engagement_grade,
         grade=f"{fit_grade}{engagement_grade}",
         disqualified_by=disqualified_by,
     )
+
+
+def _scores(fit: float, engagement: float) -> tuple[float, float, float]:
+    """Fit, engagement and their total as a lead shows them (and qualifies on them)."""
+    fit, engagement = _round(fit), _round(engagement)
+    return fit, engagement, _round(fit + engagement)
 
 
 def recycle(rulebook: Rulebook, state: LeadState, at: datetime) -> LeadState:

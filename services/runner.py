@@ -223,13 +223,7 @@ class ConsumerRunner(Generic[EventT]):
             seen.add(event_id)
             fresh.append(event)
             fresh_ids.append(event_id)
-        if self.spec.applied is None:
-            now = self._clock.now()
-            rows = [
-                {"consumer": self.spec.group_id, "event_id": event_id, "processed_at": now}
-                for event_id in fresh_ids
-            ]
-            await bulk_insert(session, ProcessedEvent, rows)
+        await self._record(session, fresh_ids)
         return fresh
 
     async def _applied(self, session: AsyncSession, ids: list[str]) -> set[str]:
@@ -240,6 +234,17 @@ class ConsumerRunner(Generic[EventT]):
             among(session, ProcessedEvent.event_id, set(ids)),
         )
         return set((await session.scalars(query)).all())
+
+    async def _record(self, session: AsyncSession, event_ids: list[str]) -> None:
+        """Record applied ids in `processed_events`, unless the consumer's own table does."""
+        if self.spec.applied is not None:
+            return
+        now = self._clock.now()
+        rows = [
+            {"consumer": self.spec.group_id, "event_id": event_id, "processed_at": now}
+            for event_id in event_ids
+        ]
+        await bulk_insert(session, ProcessedEvent, rows)
 
 
 def _next_offsets(records: Sequence[ConsumerRecord[Any, Any]]) -> dict[TopicPartition, int]:
