@@ -7,15 +7,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, inspect, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm.attributes import flag_modified
 
 from schemas.envelope import CloudEvent
 from schemas.events import ActivityData
 from scoring_service.engine import ActivityRecord, LedgerLine
 from scoring_service.models import Activity, Lead, LeadIdentity, LedgerEntry
-from services.db import among, bulk_insert
+from services.db import among, bulk_insert, update_rows
 
 
 def _locking(session: AsyncSession) -> bool:
@@ -57,24 +56,27 @@ SCORED_COLUMNS = (
     "stage",
     "mql_cycle",
     "qualified_in_cycle",
+    "owner_rep_id",
+    "owner_name",
     "attributes",
     "state",
     "rulebook_version",
     "last_activity_at",
     "updated_at",
 )
+"""Every column that scoring a stored lead can change (a merge moves the owner over)."""
 
 
 async def write_scored(session: AsyncSession, leads: Iterable[Lead]) -> None:
-    """Write a batch's scored leads in one executemany round trip.
-
-    The ORM groups UPDATEs by the set of changed columns, and leads change different ones
-    (attributes on some, stage on others), which would cost a statement per group; naming the
-    same columns for every lead makes the batch a single group.
-    """
-    for lead in leads:
-        for column in SCORED_COLUMNS:
-            flag_modified(lead, column)
+    """Write a batch's scored leads: the stored ones in one UPDATE statement (then detached
+    from the session, which would otherwise write them again), the new ones by the ORM."""
+    stored = [lead for lead in leads if inspect(lead).persistent]
+    rows = [
+        {"id": lead.id, **{name: getattr(lead, name) for name in SCORED_COLUMNS}} for lead in stored
+    ]
+    await update_rows(session, Lead, rows, key="id")
+    for lead in stored:
+        session.expunge(lead)
     await session.flush()
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from operator import itemgetter
@@ -10,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from asyncpg.exceptions import UniqueViolationError
+from pydantic_core import from_json, to_json
 from sqlalchemy import (
     JSON,
     ColumnElement,
@@ -21,6 +21,7 @@ from sqlalchemy import (
     bindparam,
     event,
     insert,
+    update,
 )
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.engine import Dialect
@@ -69,15 +70,28 @@ def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
+def json_text(value: Any) -> str:
+    """JSON columns as compact text, written by pydantic's Rust encoder: scoring writes two JSON
+    columns per lead per batch, and the standard library's encoder was ~5% of a batch."""
+    return to_json(value).decode()
+
+
 def create_engine(url: str) -> AsyncEngine:
-    """On PostgreSQL every statement is planned for its own parameters: asyncpg prepares and
+    """JSON columns go through pydantic's Rust codec (see `json_text`).
+
+    On PostgreSQL every statement is planned for its own parameters: asyncpg prepares and
     reuses statements, and a generic plan made while a table was still small (a sequential
     scan) would otherwise stay in use after the table has grown, at hundreds of ms a batch."""
     if is_sqlite(url):
         database = url.split("///", 1)[-1]
         if database and database != ":memory:":
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": 30})
+        engine = create_async_engine(
+            url,
+            connect_args={"timeout": 30},
+            json_serializer=json_text,
+            json_deserializer=from_json,
+        )
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         event.listen(engine.sync_engine, "begin", _sqlite_begin_immediate)
         return engine
@@ -86,6 +100,8 @@ def create_engine(url: str) -> AsyncEngine:
         pool_size=10,
         max_overflow=10,
         pool_pre_ping=True,
+        json_serializer=json_text,
+        json_deserializer=from_json,
         connect_args={"server_settings": {"plan_cache_mode": "force_custom_plan"}},
     )
 
@@ -148,7 +164,7 @@ async def bulk_insert(
     as_json = {column.name for column in table.columns if isinstance(column.type, JSON)}
     if as_json & set(columns):
         records = [
-            tuple(json.dumps(row[name]) if name in as_json else row[name] for name in columns)
+            tuple(json_text(row[name]) if name in as_json else row[name] for name in columns)
             for row in rows
         ]
     else:
@@ -162,3 +178,65 @@ async def bulk_insert(
         await driver.copy_records_to_table(table.name, records=records, columns=columns)
     except UniqueViolationError as exc:  # as SQLAlchemy reports it for the other statements
         raise IntegrityError(f"COPY {table.name}", None, exc) from exc
+
+
+async def update_rows(
+    session: AsyncSession, model: type[Base], rows: Sequence[dict[str, Any]], *, key: str
+) -> None:
+    """Update many rows, each found by its `key` column, in the session's transaction.
+
+    On PostgreSQL one statement, `UPDATE … FROM unnest(<one array per column>)`: an
+    executemany of per-row UPDATEs costs a bind and an execute per row on the server, about
+    three times the time. Elsewhere an executemany. Every row names the same columns.
+    """
+    if not rows:
+        return
+    table = model.__table__
+    assert isinstance(table, Table)
+    columns = [name for name in rows[0] if name != key]
+    if session.get_bind().dialect.name != "postgresql":
+        statement = (
+            update(table)
+            .where(table.c[key] == bindparam("row_key"))
+            .values({name: bindparam(f"row_{name}") for name in columns})
+        )
+        params = [
+            {"row_key": row[key], **{f"row_{name}": row[name] for name in columns}} for row in rows
+        ]
+        await session.execute(statement, params)
+        return
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    driver = raw.driver_connection
+    assert driver is not None
+    await driver.execute(
+        _unnest_update_sql(table, key, columns, connection.dialect),
+        *_arrays(table, key, columns, rows),
+    )
+
+
+def _unnest_update_sql(table: Table, key: str, columns: list[str], dialect: Dialect) -> str:
+    quote = dialect.identifier_preparer.quote
+    names = [key, *columns]
+    arrays = ", ".join(
+        f"${number}::{table.c[name].type.compile(dialect=dialect)}[]"
+        for number, name in enumerate(names, start=1)
+    )
+    assignments = ", ".join(f"{quote(name)} = v.{quote(name)}" for name in columns)
+    return (
+        f"UPDATE {quote(table.name)} SET {assignments} "
+        f"FROM unnest({arrays}) AS v({', '.join(quote(name) for name in names)}) "
+        f"WHERE {quote(table.name)}.{quote(key)} = v.{quote(key)}"
+    )
+
+
+def _arrays(
+    table: Table, key: str, columns: list[str], rows: Sequence[dict[str, Any]]
+) -> list[list[Any]]:
+    arrays = []
+    for name in [key, *columns]:
+        values = [row[name] for row in rows]
+        if isinstance(table.c[name].type, JSON):
+            values = [json_text(value) for value in values]
+        arrays.append(values)
+    return arrays
