@@ -99,8 +99,8 @@ class Stitching:
     work: dict[str, LeadWork] = field(default_factory=dict)
     new_keys: list[str] = field(default_factory=list)
     created: list[Lead] = field(default_factory=list)
-    """Leads this batch creates: added to the session once scored, so each is written with
-    one INSERT instead of an INSERT now and an UPDATE after scoring."""
+    """Leads this batch creates: kept out of the session and inserted once scored, so each is
+    written once instead of inserted now and updated after scoring."""
 
     def leads_named(self, keys: list[str]) -> list[str]:
         """The known leads these identity keys belong to, in id order."""
@@ -184,8 +184,7 @@ class ActivityApplier:
                 scored.append(item.lead)
                 if step is not None:
                     qualified.append((item.lead, step))
-        session.add_all(batch.created)
-        await store.write_scored(session, scored)
+        await store.write_leads(session, scored, batch.created)
         await store.insert_identities(session, batch.new_identities())
         await ledger.write(session)
         await self._emit_mqls(session, qualified, active)

@@ -67,17 +67,24 @@ SCORED_COLUMNS = (
 """Every column that scoring a stored lead can change (a merge moves the owner over)."""
 
 
-async def write_scored(session: AsyncSession, leads: Iterable[Lead]) -> None:
-    """Write a batch's scored leads: the stored ones in one UPDATE statement (then detached
-    from the session, which would otherwise write them again), the new ones by the ORM."""
-    stored = [lead for lead in leads if inspect(lead).persistent]
+async def write_leads(
+    session: AsyncSession, scored: Sequence[Lead], created: Sequence[Lead]
+) -> None:
+    """Write a batch's leads in two statements: the new ones (never added to the session)
+    inserted together, the stored ones updated together and then detached from the session,
+    which would otherwise write them again row by row."""
+    await bulk_insert(session, Lead, [_lead_row(lead) for lead in created])
+    stored = [lead for lead in scored if inspect(lead).persistent]
     rows = [
         {"id": lead.id, **{name: getattr(lead, name) for name in SCORED_COLUMNS}} for lead in stored
     ]
     await update_rows(session, Lead, rows, key="id")
     for lead in stored:
         session.expunge(lead)
-    await session.flush()
+
+
+def _lead_row(lead: Lead) -> dict[str, Any]:
+    return {column.key: getattr(lead, column.key) for column in Lead.__table__.columns}
 
 
 async def insert_identities(session: AsyncSession, rows: Sequence[dict[str, str]]) -> None:

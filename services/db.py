@@ -150,15 +150,19 @@ async def bulk_insert(
     session: AsyncSession, model: type[Base], rows: Sequence[dict[str, Any]]
 ) -> None:
     """Insert many rows in the session's transaction: COPY on PostgreSQL (several times faster
-    than a multi-row INSERT for the hot tables), a plain executemany elsewhere."""
+    than a multi-row INSERT for the hot tables), a plain executemany elsewhere.
+
+    The rows go straight to the session's connection, so changes pending in the session are
+    not flushed first (as with `update_rows`): objects they refer to must be written already.
+    """
     if not rows:
         return
     table = model.__table__
     assert isinstance(table, Table)
-    if session.get_bind().dialect.name != "postgresql":
-        await session.execute(insert(table), list(rows))
-        return
     connection = await session.connection()
+    if connection.dialect.name != "postgresql":
+        await connection.execute(insert(table), list(rows))
+        return
     raw = await connection.get_raw_connection()
     columns = [column.name for column in table.columns if column.name in rows[0]]
     as_json = {column.name for column in table.columns if isinstance(column.type, JSON)}
@@ -187,14 +191,16 @@ async def update_rows(
 
     On PostgreSQL one statement, `UPDATE … FROM unnest(<one array per column>)`: an
     executemany of per-row UPDATEs costs a bind and an execute per row on the server, about
-    three times the time. Elsewhere an executemany. Every row names the same columns.
+    three times the time. Elsewhere an executemany. Every row names the same columns; as with
+    `bulk_insert`, changes pending in the session are not flushed first.
     """
     if not rows:
         return
     table = model.__table__
     assert isinstance(table, Table)
     columns = [name for name in rows[0] if name != key]
-    if session.get_bind().dialect.name != "postgresql":
+    connection = await session.connection()
+    if connection.dialect.name != "postgresql":
         statement = (
             update(table)
             .where(table.c[key] == bindparam("row_key"))
@@ -203,9 +209,8 @@ async def update_rows(
         params = [
             {"row_key": row[key], **{f"row_{name}": row[name] for name in columns}} for row in rows
         ]
-        await session.execute(statement, params)
+        await connection.execute(statement, params)
         return
-    connection = await session.connection()
     raw = await connection.get_raw_connection()
     driver = raw.driver_connection
     assert driver is not None
