@@ -178,12 +178,15 @@ class ActivityApplier:
         ledger = store.LedgerWrites()
         qualified = []
         scored = []
-        for item in batch.work.values():
-            if item.lead.merged_into is None:
-                step = await self._score(session, item, active, ledger)
-                scored.append(item.lead)
-                if step is not None:
-                    qualified.append((item.lead, step))
+        # a replay reads the log; letting that flush the leads scored so far would write them
+        # row by row, and write_leads writes them all in one statement anyway
+        with session.no_autoflush:
+            for item in batch.work.values():
+                if item.lead.merged_into is None:
+                    step = await self._score(session, item, active, ledger)
+                    scored.append(item.lead)
+                    if step is not None:
+                        qualified.append((item.lead, step))
         await store.write_leads(session, scored, batch.created)
         await store.insert_identities(session, batch.new_identities())
         await ledger.write(session)
