@@ -342,6 +342,7 @@ class ActivityMatch(_Strict):
     fields: Conditions | None = None
 
     _matches: ActivityCheck = PrivateAttr()
+    _matches_of_type: ActivityCheck = PrivateAttr()
 
     @model_validator(mode="after")
     def _coherent(self) -> ActivityMatch:
@@ -355,10 +356,17 @@ class ActivityMatch(_Strict):
         return self
 
     def model_post_init(self, context: Any, /) -> None:
-        self._matches = _all_of_activity(tuple(self._build_checks()))
+        checks = tuple(self._build_checks())
+        self._matches = _all_of_activity(checks)
+        # the activity-type check comes first when there is one
+        self._matches_of_type = _all_of_activity(
+            checks[1:] if self.activity is not None else checks
+        )
 
-    def predicate(self) -> ActivityCheck:
-        return self._matches
+    def predicate(self, *, type_known: bool = False) -> ActivityCheck:
+        """`type_known`: the caller only passes activities of `activity`'s type (the compiled
+        rulebook indexes rules by type), so the predicate need not check it again."""
+        return self._matches_of_type if type_known else self._matches
 
     def matches(self, activity: ActivityData, gap_minutes: float | None = None) -> bool:
         """`gap_minutes`: time since the lead's previous page view, None if there was none."""
@@ -409,6 +417,8 @@ class ActivityMatch(_Strict):
 def _all_of_activity(checks: tuple[ActivityCheck, ...]) -> ActivityCheck:
     """The checks as one predicate (run for every rule on every activity: a single check is
     returned as it is)."""
+    if not checks:
+        return _always
     if len(checks) == 1:
         return checks[0]
 
@@ -420,6 +430,10 @@ def _all_of_activity(checks: tuple[ActivityCheck, ...]) -> ActivityCheck:
         return True
 
     return matches
+
+
+def _always(_activity: ActivityData, _gap: float | None) -> bool:
+    return True
 
 
 def _long_enough(least: float) -> ActivityCheck:
@@ -459,9 +473,9 @@ class _ActivityRule(_Strict):
     when: ActivityMatch
     unless: ActivityMatch | None = None
 
-    def predicate(self) -> ActivityCheck:
-        """`when` holds and `unless` (if given) does not."""
-        when = self.when.predicate()
+    def predicate(self, *, type_known: bool = False) -> ActivityCheck:
+        """`when` holds and `unless` (if given) does not; `type_known` as for `when`."""
+        when = self.when.predicate(type_known=type_known)
         if self.unless is None:
             return when
         unless = self.unless.predicate()
@@ -635,9 +649,6 @@ class Rulebook(_Strict):
         """A stable hash of the rules' content (not of the file's layout or comments)."""
         return self.compiled.fingerprint
 
-    def engagement_rules(self, kind: ActivityType) -> tuple[ScoringRule, ...]:
-        return self.compiled.engagement[kind]
-
     def trigger_for(self, activity: ActivityData, gap_minutes: float | None = None) -> str | None:
         return self.compiled.trigger_for(activity, gap_minutes)
 
@@ -650,7 +661,8 @@ class Rulebook(_Strict):
 
 @dataclass(frozen=True, slots=True)
 class ScoringRule:
-    """An engagement rule ready to run: `matches(activity, gap_minutes)`."""
+    """An engagement rule ready to run: `matches(activity, gap_minutes)`, for activities of
+    the type it is indexed under in `Compiled` (it does not check the type again)."""
 
     name: str
     points: float
@@ -660,7 +672,8 @@ class ScoringRule:
 
 @dataclass(frozen=True, slots=True)
 class Compiled:
-    """A rulebook's rules as plain closures indexed by activity type.
+    """A rulebook's rules as plain closures indexed by activity type; a rule's closure
+    assumes an activity of the type it is found under.
 
     Pydantic models answer private-attribute lookups slowly; the fold touches this object
     (plain slots) instead, several times per activity.
@@ -678,11 +691,15 @@ class Compiled:
             rulebook.model_dump(mode="json", by_alias=True), sort_keys=True, separators=(",", ":")
         )
         engagement = [
-            (rule.when.activity, ScoringRule(rule.name, rule.points, rule.cap, rule.predicate()))
+            (
+                rule.when.activity,
+                ScoringRule(rule.name, rule.points, rule.cap, rule.predicate(type_known=True)),
+            )
             for rule in rulebook.engagement
         ]
         triggers = [
-            (rule.when.activity, (rule.name, rule.predicate())) for rule in rulebook.triggers
+            (rule.when.activity, (rule.name, rule.predicate(type_known=True)))
+            for rule in rulebook.triggers
         ]
         return cls(
             fingerprint=hashlib.sha256(canonical.encode()).hexdigest()[:16],
