@@ -358,7 +358,6 @@ class ActivityMatch(_Strict):
     def model_post_init(self, context: Any, /) -> None:
         checks = tuple(self._build_checks())
         self._matches = _all_of_activity(checks)
-        # the activity-type check comes first when there is one
         self._matches_of_type = _all_of_activity(
             checks[1:] if self.activity is not None else checks
         )
@@ -373,7 +372,7 @@ class ActivityMatch(_Strict):
         return self._matches(activity, gap_minutes)
 
     def _build_checks(self) -> Iterator[ActivityCheck]:
-        if self.activity is not None:
+        if self.activity is not None:  # first: model_post_init leaves it out for `type_known`
             kind = self.activity
             yield lambda activity, _gap: activity.activity_type == kind
         if self.event_name is not None:

@@ -192,7 +192,8 @@ async def update_rows(
     On PostgreSQL one statement, `UPDATE … FROM unnest(<one array per column>)`: an
     executemany of per-row UPDATEs costs a bind and an execute per row on the server, about
     three times the time. Elsewhere an executemany. Every row names the same columns; as with
-    `bulk_insert`, changes pending in the session are not flushed first.
+    `bulk_insert`, changes pending in the session are not flushed first, and on PostgreSQL
+    the values reach the driver as they are (times must be timezone-aware).
     """
     if not rows:
         return
