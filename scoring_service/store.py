@@ -83,8 +83,11 @@ async def write_leads(
         session.expunge(lead)
 
 
+_LEAD_COLUMNS = tuple(column.key for column in Lead.__table__.columns)
+
+
 def _lead_row(lead: Lead) -> dict[str, Any]:
-    return {column.key: getattr(lead, column.key) for column in Lead.__table__.columns}
+    return {name: getattr(lead, name) for name in _LEAD_COLUMNS}
 
 
 async def insert_identities(session: AsyncSession, rows: Sequence[dict[str, str]]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -25,7 +26,7 @@ from services.codec import envelope
 from services.db import create_engine, session_factory
 from services.models import ProcessedEvent
 from services.outbox import Emitter, OutboxRelay, write_pending
-from services.runner import DLQ_REASON_HEADER, ConsumerRunner, ConsumerSpec
+from services.runner import DLQ_REASON_HEADER, ConsumerRunner
 from services.runtime import Runtime
 from services.settings import Settings
 from tests.support import eventually, produce, read_topic, values
@@ -133,15 +134,7 @@ class _Harness:
         applier = ActivityApplier(RulebookCache(), clock)
         spec = applier.spec()
         if handle is not None:
-            spec = ConsumerSpec(
-                spec.name,
-                spec.group_id,
-                spec.topics,
-                spec.parse,
-                spec.event_id,
-                handle,
-                spec.applied,
-            )
+            spec = dataclasses.replace(spec, handle=handle)
         self.engine = create_engine(settings.effective_database_url)
         self.publisher = Publisher(settings)
         self.consumer = make_consumer(settings, spec.group_id, *spec.topics)
