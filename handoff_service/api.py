@@ -11,12 +11,13 @@ from handoff_service.models import Assignment
 from services.auth import OpsDep
 from services.deps import SessionDep
 from services.errors import ApiError
+from services.params import LeadId
 
 router = APIRouter(tags=["handoff"], dependencies=[OpsDep])
 
 
 @router.get("/handoff/leads/{lead_id}", summary="A lead's assignments, newest cycle first")
-async def lead_assignments(lead_id: str, session: SessionDep) -> dict[str, Any]:
+async def lead_assignments(lead_id: LeadId, session: SessionDep) -> dict[str, Any]:
     rows = (
         await session.scalars(
             select(Assignment)
@@ -37,6 +38,7 @@ async def lead_assignments(lead_id: str, session: SessionDep) -> dict[str, Any]:
                 "routing_rule": row.routing_rule,
                 "strategy": row.strategy,
                 "status": row.status,
+                "status_reason": row.status_reason,  # why it was closed (a revoked MQL)
                 "assigned_at": row.assigned_at.isoformat(),
                 "mql_event_id": row.mql_event_id,
             }

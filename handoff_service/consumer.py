@@ -1,4 +1,5 @@
-"""Routes each `lead.mql` to a rep and emits `lead.assigned` through the outbox."""
+"""Routes each `lead.mql` to a rep and emits `lead.assigned` through the outbox; closes the
+assignment of an MQL that scoring revoked (`lead.mql_revoked`, on the same topic)."""
 
 from __future__ import annotations
 
@@ -10,23 +11,25 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from handoff_service.models import Assignment, RoundRobinCursor
 from handoff_service.routing import Roster, round_robin
 from schemas.envelope import CloudEvent
-from schemas.events import LeadAssignedData, LeadMqlData
+from schemas.events import LeadAssignedData, LeadMqlData, LeadMqlRevokedData
 from schemas.registry import ASSIGNED
 from schemas.topics import LEAD_MQL
 from services.clock import Clock
-from services.codec import PoisonRecord, decode
+from services.codec import PoisonRecord, decode_either
 from services.outbox import Emitter
 from services.runner import ConsumerSpec
 
 STRATEGY = "round_robin"
 
 MqlEvent = CloudEvent[LeadMqlData]
+RevokedEvent = CloudEvent[LeadMqlRevokedData]
+REVOKED_STATUS = "revoked"
 
 
-def parse_mql(topic: str, value: bytes | None) -> MqlEvent:
+def parse_mql(topic: str, value: bytes | None) -> MqlEvent | RevokedEvent:
     if topic != LEAD_MQL:
         raise PoisonRecord(f"handoff does not consume {topic}")
-    return decode(MqlEvent, value)
+    return decode_either(MqlEvent, RevokedEvent, value)
 
 
 class MqlRouter:
@@ -35,7 +38,7 @@ class MqlRouter:
         self._clock = clock
         self._emitter = Emitter(service="handoff", source="leadflow/handoff", clock=clock)
 
-    def spec(self) -> ConsumerSpec[MqlEvent]:
+    def spec(self) -> ConsumerSpec[MqlEvent | RevokedEvent]:
         return ConsumerSpec(
             name="handoff",
             group_id="handoff",
@@ -45,9 +48,25 @@ class MqlRouter:
             handle=self.apply_batch,
         )
 
-    async def apply_batch(self, session: AsyncSession, events: Sequence[MqlEvent]) -> None:
+    async def apply_batch(
+        self, session: AsyncSession, events: Sequence[MqlEvent | RevokedEvent]
+    ) -> None:
         for event in events:
-            await self.assign(session, event)
+            if isinstance(event.data, LeadMqlData):
+                await self.assign(session, event)
+            else:
+                await self.close_revoked(session, event.data)
+
+    async def close_revoked(self, session: AsyncSession, revoked: LeadMqlRevokedData) -> None:
+        """The MQL no longer stands: its assignment is closed with the reason. One that was
+        never made (the revocation came first) is recorded closed, so it is never made."""
+        assignment = await session.get(Assignment, (revoked.lead_id, revoked.cycle))
+        reason = revoked.reason.value + (f": {revoked.detail}" if revoked.detail else "")
+        if assignment is None:
+            session.add(_closed_before_assignment(revoked, reason))
+            return
+        assignment.status = REVOKED_STATUS
+        assignment.status_reason = reason
 
     async def assign(self, session: AsyncSession, event: MqlEvent) -> None:
         mql = event.data
@@ -84,3 +103,19 @@ class MqlRouter:
             cursor = RoundRobinCursor(pool=self.roster.pool, cursor=0)
             session.add(cursor)
         return cursor
+
+
+def _closed_before_assignment(revoked: LeadMqlRevokedData, reason: str) -> Assignment:
+    return Assignment(
+        lead_id=revoked.lead_id,
+        cycle=revoked.cycle,
+        rep_id="",
+        rep_name="",
+        rep_email="",
+        routing_rule="",
+        strategy="",
+        status=REVOKED_STATUS,
+        status_reason=reason,
+        mql_event_id=revoked.mql_event_id,
+        assigned_at=revoked.revoked_at,
+    )

@@ -21,6 +21,7 @@ class Assignment(Base):
     routing_rule: Mapped[str] = mapped_column(String(200))
     strategy: Mapped[str] = mapped_column(String(50))
     status: Mapped[str] = mapped_column(String(32), default="assigned")
+    status_reason: Mapped[str | None] = mapped_column(String(500))
     mql_event_id: Mapped[str] = mapped_column(String(200))
     assigned_at: Mapped[datetime] = mapped_column(UTCDateTime())
 

@@ -38,11 +38,14 @@ def _plausible_email(value: str) -> str:
     return value
 
 
+NO_CONTROL = r"^[^\x00-\x1f\x7f-\x9f]*$"
+"""No NUL or other control character: identities become keys, ids and database text."""
+
 Email = Annotated[
     str,
-    Field(max_length=320),
+    Field(max_length=320, pattern=NO_CONTROL),
     AfterValidator(_plausible_email),
-    WithJsonSchema({"type": "string", "format": "email", "maxLength": 320}),
+    WithJsonSchema({"type": "string", "format": "email", "maxLength": 320, "pattern": NO_CONTROL}),
 ]
 
 
@@ -50,8 +53,8 @@ class Identity(_Data):
     """Who did it, as far as the sender knows. At least one field is set."""
 
     email: Email | None = None
-    user_id: str | None = None
-    anonymous_id: str | None = None
+    user_id: str | None = Field(default=None, pattern=NO_CONTROL)
+    anonymous_id: str | None = Field(default=None, pattern=NO_CONTROL)
 
     def key(self) -> str:
         """The identity key: email > user id > anonymous id (the Kafka key on lead.activity)."""
@@ -121,6 +124,29 @@ class LeadMqlData(_Data):
     top_rules: list[RuleContribution] = Field(default_factory=list)
 
 
+class RevocationReason(StrEnum):
+    DISQUALIFIED = "disqualified"
+    """A fact that arrived later (in event time, earlier) disqualifies the lead."""
+    NOT_QUALIFIED = "not_qualified"
+    """With every activity in event-time order, the lead never reached the bar."""
+    DUPLICATE = "duplicate"
+    """Two leads turned out to be one person whose other lead's MQL stands."""
+
+
+class LeadMqlRevokedData(_Data):
+    """`lead.mql_revoked`, on the `lead.mql` topic after the MQL it revokes: facts that
+    arrived late undo a qualification, so the MQL no longer stands. Handoff closes the
+    assignment and the SLA monitor cancels its clocks."""
+
+    lead_id: str = Field(description="The lead the revoked `lead.mql` named.")
+    cycle: int = Field(ge=1, description="The revoked `lead.mql`'s cycle.")
+    mql_event_id: str = Field(description="The id of the revoked `lead.mql` event.")
+    reason: RevocationReason
+    detail: str | None = Field(default=None, description="e.g. the disqualifying rules.")
+    current_lead_id: str = Field(description="The lead the person is now (after merges).")
+    revoked_at: AwareDatetime
+
+
 class LeadAssignedData(_Data):
     """`lead.assigned`: the handoff service chose a rep for an MQL."""
 
@@ -147,13 +173,14 @@ class LeadStatusData(_Data):
 
 
 class SlaEventData(_Data):
-    """`sla.events`: an SLA clock started, warned, was met or breached."""
+    """`sla.events`: an SLA clock started, warned, was met, breached or cancelled."""
 
     lead_id: str
     cycle: int
-    kind: Literal["clock_started", "warning", "met", "breached"]
+    kind: Literal["clock_started", "warning", "met", "breached", "cancelled"]
     policy: str
     rep_id: str | None = None
     started_at: AwareDatetime
     deadline: AwareDatetime
     at: AwareDatetime
+    reason: str | None = Field(default=None, description="Why a clock was cancelled.")

@@ -14,6 +14,7 @@ from schemas.events import (
     ActivityData,
     LeadAssignedData,
     LeadMqlData,
+    LeadMqlRevokedData,
     LeadScoredData,
     LeadStatusData,
     SlaEventData,
@@ -27,6 +28,13 @@ class Contract:
     name: str
     version: int
     data_model: type[BaseModel]
+    on_topic: str | None = None
+    """The topic it travels on, when not the one named like it (a revocation shares the
+    topic, and so the order, of what it revokes)."""
+
+    @property
+    def topic(self) -> str:
+        return self.on_topic or self.name
 
     @property
     def dataschema(self) -> str:
@@ -47,11 +55,12 @@ class Contract:
 ACTIVITY = Contract("lead.activity", 1, ActivityData)
 SCORED = Contract("lead.scored", 1, LeadScoredData)
 MQL = Contract("lead.mql", 1, LeadMqlData)
+MQL_REVOKED = Contract("lead.mql_revoked", 1, LeadMqlRevokedData, on_topic="lead.mql")
 ASSIGNED = Contract("lead.assigned", 1, LeadAssignedData)
 STATUS = Contract("lead.status", 1, LeadStatusData)
 SLA_EVENT = Contract("sla.events", 1, SlaEventData)
 
-CONTRACTS = (ACTIVITY, SCORED, MQL, ASSIGNED, STATUS, SLA_EVENT)
+CONTRACTS = (ACTIVITY, SCORED, MQL, MQL_REVOKED, ASSIGNED, STATUS, SLA_EVENT)
 
 
 def render(contract: Contract) -> str:

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Request
-from pydantic import AwareDatetime, EmailStr
+from pydantic import EmailStr
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -24,6 +24,17 @@ from services.auth import AdminDep, OpsDep
 from services.context import AppContext
 from services.deps import ClockDep, ContextDep, SessionDep
 from services.errors import ApiError
+from services.params import (
+    Instant,
+    JobId,
+    LeadId,
+    Limit,
+    Offset,
+    RulebookVersion,
+    Score,
+    Since,
+    Stage,
+)
 
 MAX_RULEBOOK_BYTES = 256 * 1024
 YamlBody = Annotated[
@@ -89,13 +100,13 @@ def build_router(cache: RulebookCache, reapplier: Reapplier) -> APIRouter:
         session: SessionDep,
         clock: ClockDep,
         email: EmailStr | None = None,
-        stage: str | None = None,
+        stage: Stage = None,
         grade: Annotated[str | None, Query(pattern=r"^[A-D][1-4]?$")] = None,
-        min_score: float | None = None,
-        max_score: float | None = None,
-        updated_since: AwareDatetime | None = None,
-        limit: Annotated[int, Query(ge=1, le=500)] = 50,
-        offset: Annotated[int, Query(ge=0)] = 0,
+        min_score: Score = None,
+        max_score: Score = None,
+        updated_since: Since = None,
+        limit: Limit = 50,
+        offset: Offset = 0,
     ) -> dict[str, Any]:
         query = select(Lead).where(Lead.merged_into.is_(None))
         if email is not None:
@@ -126,7 +137,7 @@ def build_router(cache: RulebookCache, reapplier: Reapplier) -> APIRouter:
         dependencies=[OpsDep],
         summary="One lead: fit, engagement decayed to now, grade, stage, owner",
     )
-    async def get_lead(lead_id: str, session: SessionDep, clock: ClockDep) -> dict[str, Any]:
+    async def get_lead(lead_id: LeadId, session: SessionDep, clock: ClockDep) -> dict[str, Any]:
         lead = await store.resolve_merged(session, lead_id)
         if lead is None:
             raise ApiError(404, "not_found", f"no lead with id {lead_id!r}")
@@ -141,7 +152,7 @@ def build_router(cache: RulebookCache, reapplier: Reapplier) -> APIRouter:
         dependencies=[OpsDep],
         summary="Every contribution to a lead's score",
     )
-    async def get_ledger(lead_id: str, session: SessionDep) -> dict[str, Any]:
+    async def get_ledger(lead_id: LeadId, session: SessionDep) -> dict[str, Any]:
         lead = await store.resolve_merged(session, lead_id)
         if lead is None:
             raise ApiError(404, "not_found", f"no lead with id {lead_id!r}")
@@ -187,7 +198,7 @@ def build_router(cache: RulebookCache, reapplier: Reapplier) -> APIRouter:
         dependencies=[OpsDep],
         summary="One rulebook version, with its YAML",
     )
-    async def get_rulebook(version: str, session: SessionDep) -> dict[str, Any]:
+    async def get_rulebook(version: RulebookVersion, session: SessionDep) -> dict[str, Any]:
         row = await session.get(StoredRulebook, version)
         if row is None:
             raise ApiError(404, "not_found", f"no rulebook version {version!r}")
@@ -220,7 +231,7 @@ def build_router(cache: RulebookCache, reapplier: Reapplier) -> APIRouter:
         status_code=202,
         summary="Switch to a version and re-score every lead from the log (a job)",
     )
-    async def activate_rulebook(version: str) -> dict[str, Any]:
+    async def activate_rulebook(version: RulebookVersion) -> dict[str, Any]:
         try:
             job = await reapplier.start(version)
         except LookupError as exc:
@@ -236,8 +247,8 @@ def build_router(cache: RulebookCache, reapplier: Reapplier) -> APIRouter:
     async def simulate(
         request: Request,
         context: ContextDep,
-        start: Annotated[AwareDatetime, Query(alias="from")],
-        end: Annotated[AwareDatetime, Query(alias="to")],
+        start: Annotated[Instant, Query(alias="from")],
+        end: Annotated[Instant, Query(alias="to")],
         _body: YamlBody = "",
     ) -> dict[str, Any]:
         if end <= start:
@@ -275,7 +286,7 @@ def build_router(cache: RulebookCache, reapplier: Reapplier) -> APIRouter:
         dependencies=[OpsDep],
         summary="Progress of a re-apply job",
     )
-    async def get_job(job_id: str, session: SessionDep) -> dict[str, Any]:
+    async def get_job(job_id: JobId, session: SessionDep) -> dict[str, Any]:
         job = await session.get(ScoringJob, job_id)
         if job is None:
             raise ApiError(404, "not_found", f"no job {job_id!r}")

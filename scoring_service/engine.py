@@ -116,6 +116,10 @@ class LeadState:
     last_event_id: str | None = None
     cycle_start: datetime | None = None
     qualified_in_cycle: bool = False
+    qualification: Qualification | None = None
+    """What qualified the lead in the current cycle (in event time), if anything did."""
+    source: str | None = None
+    """Where the lead came from: the source of its first activity in event time."""
 
     @property
     def last_key(self) -> tuple[datetime, str] | None:
@@ -141,6 +145,8 @@ class LeadState:
             "last_event_id": self.last_event_id,
             "cycle_start": _iso(self.cycle_start),
             "qualified_in_cycle": self.qualified_in_cycle,
+            "qualification": _qualification_json(self.qualification),
+            "source": self.source,
         }
 
     @classmethod
@@ -163,9 +169,32 @@ class LeadState:
                 last_event_id=data["last_event_id"],
                 cycle_start=_maybe_time(data["cycle_start"]),
                 qualified_in_cycle=bool(data["qualified_in_cycle"]),
+                qualification=_qualification_from(data.get("qualification")),
+                source=data.get("source"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a lead state: {exc!r}") from exc
+
+
+def _qualification_json(qualification: Qualification | None) -> dict[str, Any] | None:
+    if qualification is None:
+        return None
+    return {
+        "event_id": qualification.event_id,
+        "time": qualification.time.isoformat(),
+        "reason": qualification.reason,
+        "trigger": qualification.trigger,
+    }
+
+
+def _qualification_from(data: Mapping[str, Any] | None) -> Qualification | None:
+    """States written before qualifications were kept read as None (their MQLs went out)."""
+    if data is None:
+        return None
+    reason = data["reason"]
+    if reason not in ("threshold", "trigger"):
+        raise ValueError(f"unknown qualification reason {reason!r}")
+    return Qualification(data["event_id"], _time(data["time"]), reason, data["trigger"])
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -296,6 +325,8 @@ def apply(rulebook: Rulebook, state: LeadState, record: ActivityRecord) -> Step:
         last_event_id=record.event_id,
         cycle_start=state.cycle_start,
         qualified_in_cycle=state.qualified_in_cycle,
+        qualification=state.qualification,
+        source=state.source or source_of(activity),
     )
     qualification = None
     if in_cycle and not new_state.qualified_in_cycle and not new_state.disqualified_by:
@@ -304,7 +335,17 @@ def apply(rulebook: Rulebook, state: LeadState, record: ActivityRecord) -> Step:
         )
         if qualification is not None:
             new_state.qualified_in_cycle = True
+            new_state.qualification = qualification
     return Step(new_state, tuple(lines), qualification)
+
+
+def source_of(activity: ActivityData) -> str:
+    """Where an activity came from: its UTM source if it carries one, else its channel."""
+    campaign = activity.context.get("campaign")
+    if isinstance(campaign, dict) and campaign.get("source"):
+        return str(campaign["source"])
+    utm = activity.properties.get("utm_source")
+    return str(utm) if utm else activity.channel
 
 
 def _check_order(state: LeadState, time: datetime, event_id: str) -> None:
@@ -583,7 +624,7 @@ def recycle(rulebook: Rulebook, state: LeadState, at: datetime) -> LeadState:
         at = state.last_time + _MICROSECOND
     if rulebook.recycle == "reset":
         state = replace(state, grants=(), folded=0.0, folded_at=None, caps={})
-    return replace(state, cycle_start=at, qualified_in_cycle=False)
+    return replace(state, cycle_start=at, qualified_in_cycle=False, qualification=None)
 
 
 def _record_key(record: ActivityRecord) -> tuple[datetime, str]:

@@ -15,7 +15,7 @@ from schemas.envelope import CloudEvent
 from schemas.events import LeadAssignedData, LeadStatusData
 from schemas.topics import LEAD_ASSIGNED, LEAD_STATUS
 from scoring_service import store
-from scoring_service.consumer import ActivityApplier
+from scoring_service.consumer import ActivityApplier, standing_mql
 from scoring_service.models import Lead
 from services.clock import Clock
 from services.codec import PoisonRecord, decode
@@ -58,9 +58,11 @@ class LifecycleApplier:
     async def apply_batch(self, session: AsyncSession, events: Sequence[LifecycleEvent]) -> None:
         for event in events:
             lead = await _locked(session, event.data.lead_id)
-            if lead is None or event.data.cycle != lead.mql_cycle:
-                continue  # an unknown lead or a stale cycle changes nothing
+            if lead is None or event.data.cycle != lead.mql_cycle or standing_mql(lead) is None:
+                continue  # an unknown lead, a stale cycle or a revoked MQL changes nothing
             if isinstance(event.data, LeadAssignedData):
+                if event.data.mql_event_id != standing_mql(lead):
+                    continue
                 lead.owner_rep_id = event.data.rep_id
                 lead.owner_name = event.data.rep_name
             elif event.data.status == "recycled":

@@ -35,6 +35,10 @@ class Lead(Base):
     merged_into: Mapped[str | None] = mapped_column(String(64), index=True)
     state: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     """The engine's fold state (scoring_service.engine.LeadState), to continue incrementally."""
+    mql_event_id: Mapped[str | None] = mapped_column(String(200))
+    """The `lead.mql` that stands for the current cycle (None: none does)."""
+    mql_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
+    """A qualification waiting out the allowed lateness: when it may be announced."""
 
 
 class LeadIdentity(Base):
@@ -43,7 +47,10 @@ class LeadIdentity(Base):
     __tablename__ = "scoring_identities"
 
     key: Mapped[str] = mapped_column(String(400), primary_key=True)
-    lead_id: Mapped[str] = mapped_column(ForeignKey("scoring_leads.id"), index=True)
+    lead_id: Mapped[str] = mapped_column(
+        ForeignKey("scoring_leads.id", deferrable=True, initially="DEFERRED"), index=True
+    )
+    """Checked at commit: a batch may repoint identities to a lead it inserts later."""
 
 
 class LedgerEntry(Base):

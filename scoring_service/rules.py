@@ -27,6 +27,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
+import re2
 import yaml
 from pydantic import (
     AfterValidator,
@@ -84,16 +85,51 @@ def _as_tuple(value: Any) -> Any:
 Texts = Annotated[tuple[str, ...], BeforeValidator(_as_tuple)]
 
 
-def _compile_regex(pattern: str) -> re.Pattern[str]:
+TextSearch = Callable[[str], bool]
+
+
+def _re2_options() -> re2.Options:
+    options = re2.Options()
+    options.case_sensitive = False
+    options.never_capture = True  # only whether a pattern is found matters
+    options.log_errors = False  # a refused pattern is reported with its field, not on stderr
+    return options
+
+
+_RE2_OPTIONS = _re2_options()
+
+
+def compile_regex(pattern: str) -> TextSearch:
+    """A rulebook regular expression, RE2 syntax and without case, as `found(text)`.
+
+    RE2 runs in time linear in the text whatever the pattern, so a rule such as
+    `^(a+)+$` cannot stall scoring as it would with backtracking (Python's `re`). What only
+    backtracking can do (backreferences, lookaround) is refused when the rulebook is read.
+    """
     try:
-        return re.compile(pattern, re.IGNORECASE)
-    except re.error as exc:
-        raise ValueError(f"not a valid regular expression: {exc}") from exc
+        search = re2.compile(pattern, _RE2_OPTIONS).search
+    except re2.error as exc:
+        raise ValueError(
+            "not a valid regular expression (RE2 syntax: no backreferences or lookaround): "
+            + _re2_reason(exc)
+        ) from exc
+
+    def found(text: str) -> bool:
+        # bytes: RE2 needs no offsets back in characters; a lone surrogate (valid in JSON)
+        # passes as bytes that match no character instead of failing to encode
+        return search(text.encode("utf-8", "surrogatepass")) is not None
+
+    return found
+
+
+def _re2_reason(exc: Exception) -> str:
+    reason = exc.args[0] if exc.args else exc
+    return reason.decode("utf-8", "replace") if isinstance(reason, bytes) else str(reason)
 
 
 def _regex(pattern: str | None) -> str | None:
     if pattern is not None:
-        _compile_regex(pattern)
+        compile_regex(pattern)
     return pattern
 
 
@@ -236,8 +272,8 @@ class Condition(_Strict):
             needles = tuple(needle.casefold() for needle in self.contains)
             yield lambda value: isinstance(value, str) and _contains_any(value, needles)
         if self.matches is not None:
-            search = _compile_regex(self.matches).search
-            yield lambda value: isinstance(value, str) and search(value) is not None
+            found = compile_regex(self.matches)
+            yield lambda value: isinstance(value, str) and found(value)
         if self.within_months is not None:
             limit = self.within_months
             yield lambda value: (months := timeline_months(value)) is not None and months <= limit
@@ -404,13 +440,13 @@ class ActivityMatch(_Strict):
                     (u := activity_url(activity)) is not None and (_contains_any(u, needles))
                 )
             )
-        patterns = []
         if self.url is not None:
-            patterns.append(re.compile(fnmatch.translate(self.url), re.IGNORECASE).match)
+            # Python's re is safe here: fnmatch translates `*` to atomic groups, which do not
+            # backtrack, and a glob has no other repetition
+            glob = re.compile(fnmatch.translate(self.url), re.IGNORECASE).match
+            yield _url_found(lambda url: glob(url) is not None)
         if self.url_regex is not None:
-            patterns.append(_compile_regex(self.url_regex).search)
-        for find in patterns:
-            yield _url_found(find)
+            yield _url_found(compile_regex(self.url_regex))
 
 
 def _all_of_activity(checks: tuple[ActivityCheck, ...]) -> ActivityCheck:
@@ -443,10 +479,10 @@ def _long_enough(least: float) -> ActivityCheck:
     return check
 
 
-def _url_found(find: Callable[[str], re.Match[str] | None]) -> ActivityCheck:
+def _url_found(found: TextSearch) -> ActivityCheck:
     def check(activity: ActivityData, _gap: float | None) -> bool:
         url = activity_url(activity)
-        return url is not None and find(url) is not None
+        return url is not None and found(url)
 
     return check
 
@@ -464,7 +500,18 @@ def _new_session(minutes: float) -> ActivityCheck:
 
 # --- rules ----------------------------------------------------------------------------------
 
-RuleName = Annotated[str, Field(min_length=1, max_length=100)]
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _printable(value: str) -> str:
+    """Names and versions become ids, keys and database text: no NUL or control character."""
+    found = _CONTROL.search(value)
+    if found:
+        raise ValueError(f"must not contain control characters (found U+{ord(found[0]):04X})")
+    return value
+
+
+RuleName = Annotated[str, Field(min_length=1, max_length=100), AfterValidator(_printable)]
 
 
 class _ActivityRule(_Strict):
@@ -619,7 +666,9 @@ def _text(value: Any) -> Any:
 
 
 class Rulebook(_Strict):
-    version: Annotated[str, BeforeValidator(_text), Field(min_length=1, max_length=100)]
+    version: Annotated[
+        str, BeforeValidator(_text), Field(min_length=1, max_length=100), AfterValidator(_printable)
+    ]
     description: str | None = None
     mql: Mql
     grades: Grades = Grades()

@@ -63,6 +63,9 @@ SCORED_COLUMNS = (
     "rulebook_version",
     "last_activity_at",
     "updated_at",
+    "source",
+    "mql_event_id",
+    "mql_due_at",
 )
 """Every column that scoring a stored lead can change (a merge moves the owner over)."""
 
@@ -117,6 +120,25 @@ async def activity_log(session: AsyncSession, lead_id: str) -> list[ActivityReco
     return [to_record(event_id, time, envelope) for event_id, time, envelope in rows]
 
 
+async def due_leads(session: AsyncSession, now: datetime, limit: int) -> list[Lead]:
+    """Leads whose held qualification may be announced, locked; on PostgreSQL those another
+    transaction holds are skipped (a batch is scoring them, and will decide again)."""
+    query = (
+        select(Lead)
+        .where(Lead.mql_due_at.is_not(None), Lead.mql_due_at <= now, Lead.merged_into.is_(None))
+        .order_by(Lead.mql_due_at, Lead.id)
+        .limit(limit)
+    )
+    if _locking(session):
+        query = query.with_for_update(skip_locked=True)
+    return list((await session.scalars(query)).all())
+
+
+async def any_due(session: AsyncSession, now: datetime) -> bool:
+    query = select(Lead.id).where(Lead.mql_due_at.is_not(None), Lead.mql_due_at <= now).limit(1)
+    return (await session.scalar(query)) is not None
+
+
 async def live_leads_after(
     session: AsyncSession, after: str, limit: int
 ) -> list[tuple[str, str | None]]:
@@ -128,17 +150,6 @@ async def live_leads_after(
         .limit(limit)
     )
     return [(lead_id, source) for lead_id, source in rows]
-
-
-async def first_activity_times(
-    session: AsyncSession, lead_ids: Sequence[str]
-) -> dict[str, datetime]:
-    rows = await session.execute(
-        select(Activity.lead_id, func.min(Activity.event_time))
-        .where(among(session, Activity.lead_id, lead_ids))
-        .group_by(Activity.lead_id)
-    )
-    return {lead_id: first for lead_id, first in rows}
 
 
 async def activity_logs(

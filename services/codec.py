@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from schemas.envelope import CloudEvent
 from schemas.registry import Contract
@@ -25,6 +25,23 @@ def decode(model: type[CloudEvent[DataT]], value: bytes | None) -> CloudEvent[Da
     if value is None:
         raise PoisonRecord("record has no value")
     return model.model_validate_json(value)
+
+
+OtherT = TypeVar("OtherT", bound=BaseModel)
+
+
+def decode_either(
+    first: type[CloudEvent[DataT]], second: type[CloudEvent[OtherT]], value: bytes | None
+) -> CloudEvent[DataT] | CloudEvent[OtherT]:
+    """One of two event kinds that share a topic, told apart by their data; a record that is
+    neither is reported as not being the first."""
+    try:
+        return decode(first, value)
+    except ValidationError as not_first:
+        try:
+            return decode(second, value)
+        except ValidationError:
+            raise not_first from None
 
 
 def envelope(

@@ -58,7 +58,7 @@ class Emitter:
         enqueue(
             session,
             service=self.service,
-            topic=contract.name,
+            topic=contract.topic,
             key=key,
             event=event,
             clock=self.clock,

@@ -1,8 +1,11 @@
 """The consumer runner: read a batch, apply it in one transaction with its event ids, commit.
 
 Offsets are committed only after the database transaction, so a crash replays the batch and
-the recorded event ids make the replay a no-op. Records that cannot be parsed go to the
-topic's DLQ with the reason in a header, and the runner moves on.
+the recorded event ids make the replay a no-op. No record can stop a consumer: one that
+cannot be parsed goes to the topic's DLQ with the reason in a header; a batch that fails is
+retried, and when the failure comes back it is split until the events that cannot be applied
+are found, parked in the DLQ the same way, and the rest applied. An outage of the database
+or the broker is waited out instead (services.faults says which is which).
 """
 
 from __future__ import annotations
@@ -11,13 +14,12 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeAlias, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError
 from pydantic import ValidationError
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from schemas.topics import dlq_for
@@ -26,6 +28,8 @@ from services.clock import Clock
 from services.codec import PoisonRecord
 from services.config_files import describe
 from services.db import among, bulk_insert
+from services.faults import ConcurrentChange, Fault, classify
+from services.faults import describe as describe_failure
 from services.models import ProcessedEvent
 from services.outbox import write_pending
 
@@ -36,9 +40,14 @@ T = TypeVar("T")
 
 DLQ_REASON_HEADER = "dlq_reason"
 
+BATCH_ATTEMPTS = 3
+"""Tries at a batch of several events before it is split in two."""
+EVENT_ATTEMPTS = 5
+"""Tries at a single event before it is parked: enough to outlast a race with another
+worker, which never repeats that often for one event."""
+MAX_BACKOFF_SECONDS = 10.0
 
-class ConcurrentChange(RuntimeError):
-    """Another worker changed what this batch read; the batch is retried from the start."""
+__all__ = ["DLQ_REASON_HEADER", "ConcurrentChange", "ConsumerRunner", "ConsumerSpec"]
 
 
 Parser = Callable[[str, bytes | None], EventT]
@@ -52,7 +61,17 @@ EventId = Callable[[EventT], str]
 AppliedLookup = Callable[[AsyncSession, Sequence[str]], Awaitable[set[str]]]
 """Which of these event ids a consumer has applied, read from its own records."""
 
-Received = tuple[list[ConsumerRecord[Any, Any]], list[EventT]]
+Record: TypeAlias = ConsumerRecord[Any, Any]
+Received = tuple[list[Record], list[tuple[Record, EventT]]]
+"""A batch as read: every record (for the offsets) and the parsed ones with their events."""
+
+
+class _Unapplicable(Exception):
+    """A batch failed for a reason in its events, however often it was tried."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(describe_failure(cause))
+        self.cause = cause
 
 
 @dataclass
@@ -91,6 +110,8 @@ class ConsumerRunner(Generic[EventT]):
         self._poll_timeout_ms = poll_timeout_ms
         self._after_commit = after_commit
         self.applied = 0
+        self.parked = 0
+        """Records this runner sent to the DLQ (unreadable or unapplicable)."""
 
     def assignment(self) -> set[TopicPartition]:
         """The partitions this runner's consumer owns now (empty before it joined its group)."""
@@ -104,11 +125,11 @@ class ConsumerRunner(Generic[EventT]):
         upcoming = asyncio.create_task(self._receive(stop))
         try:
             while True:
-                records, events = await upcoming
+                records, parsed = await upcoming
                 if not stop.is_set():
                     upcoming = asyncio.create_task(self._receive(stop))
                 if records:
-                    await self._apply_and_commit(records, events, stop)
+                    await self._settle(records, parsed, stop)
                 if stop.is_set():
                     return
         finally:
@@ -116,10 +137,21 @@ class ConsumerRunner(Generic[EventT]):
             await asyncio.gather(upcoming, return_exceptions=True)
             await self._consumer.stop()
 
-    async def _apply_and_commit(
-        self, records: list[ConsumerRecord[Any, Any]], events: list[EventT], stop: asyncio.Event
+    async def settle(self, records: Sequence[Record], stop: asyncio.Event) -> None:
+        """What `run` does with a batch: park the unreadable, apply the rest however many
+        tries and splits it takes, then commit the offsets."""
+        parsed = await self._until_done(lambda: self._parse_all(records), stop)
+        await self._settle(list(records), parsed, stop)
+
+    async def process(self, records: Sequence[Record]) -> None:
+        """One attempt at a batch: park the unreadable, apply the rest, commit the offsets."""
+        parsed = await self._parse_all(records)
+        await self._commit(records, await self._apply([event for _, event in parsed]))
+
+    async def _settle(
+        self, records: list[Record], parsed: list[tuple[Record, EventT]], stop: asyncio.Event
     ) -> None:
-        applied = await self._until_done(lambda: self._apply(events), stop)
+        applied = await self._apply_resilient(parsed, stop)
         await self._commit(records, applied)
 
     async def _receive(self, stop: asyncio.Event) -> Received[EventT]:
@@ -130,38 +162,66 @@ class ConsumerRunner(Generic[EventT]):
             return records, []
         return records, await self._until_done(lambda: self._parse_all(records), stop)
 
-    async def process(self, records: Sequence[ConsumerRecord[Any, Any]]) -> None:
-        """One attempt at a batch: park the unreadable, apply the rest, commit the offsets."""
-        events = await self._parse_all(records)
-        await self._commit(records, await self._apply(events))
+    async def _apply_resilient(
+        self, parsed: list[tuple[Record, EventT]], stop: asyncio.Event
+    ) -> int:
+        """Apply the batch; when its events keep failing, apply its halves apart, down to the
+        single events that cannot be applied, which are parked with the reason."""
+        if not parsed:
+            return 0
+        attempts = EVENT_ATTEMPTS if len(parsed) == 1 else BATCH_ATTEMPTS
+        events = [event for _, event in parsed]
+        try:
+            return await self._until_done(lambda: self._apply(events), stop, attempts=attempts)
+        except _Unapplicable as failure:
+            if len(parsed) == 1:
+                reason = f"cannot be applied: {failure}"
+                await self._until_done(lambda: self._to_dlq(parsed[0][0], reason), stop)
+                return 0
+        middle = len(parsed) // 2
+        log.warning(
+            "%s: a batch of %d keeps failing; applying its halves apart",
+            self.spec.name,
+            len(parsed),
+        )
+        first = await self._apply_resilient(parsed[:middle], stop)
+        return first + await self._apply_resilient(parsed[middle:], stop)
 
-    async def _until_done(self, attempt: Callable[[], Awaitable[T]], stop: asyncio.Event) -> T:
-        """Retry a step of the batch in place: the batch is never skipped."""
+    async def _until_done(
+        self, attempt: Callable[[], Awaitable[T]], stop: asyncio.Event, *, attempts: int = 0
+    ) -> T:
+        """Retry a step with backoff. Outages and contention are retried for as long as they
+        last; other failures `attempts` times (0: for ever), then raised as _Unapplicable."""
         delay = 0.05
+        failures = 0
         while True:
             try:
                 return await attempt()
-            except (ConcurrentChange, IntegrityError, OperationalError) as exc:
+            except Exception as exc:
+                fault = classify(exc)
+                if fault is Fault.CONTENT:
+                    failures += 1
+                    if attempts and failures >= attempts:
+                        raise _Unapplicable(exc) from exc
                 log.warning(
-                    "%s: a concurrent change (%s); retrying the batch",
+                    "%s: %s (%s); retrying in %.2fs",
                     self.spec.name,
-                    type(exc).__name__,
+                    _FAULT_WORDS[fault],
+                    describe_failure(exc),
+                    delay,
                 )
-            except Exception:
-                log.exception("%s: batch failed; retrying", self.spec.name)
-                delay = max(delay, 0.5)
             if stop.is_set():
                 raise RuntimeError(f"{self.spec.name}: stopped with a batch not applied")
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+            delay = min(delay * 2, MAX_BACKOFF_SECONDS)
 
-    async def _parse_all(self, records: Sequence[ConsumerRecord[Any, Any]]) -> list[EventT]:
-        events: list[EventT] = []
+    async def _parse_all(self, records: Sequence[Record]) -> list[tuple[Record, EventT]]:
+        parsed: list[tuple[Record, EventT]] = []
         for record in records:
             event = await self._parse_or_park(record)
             if event is not None:
-                events.append(event)
-        return events
+                parsed.append((record, event))
+        return parsed
 
     async def _apply(self, events: list[EventT]) -> int:
         """Apply the events not applied before, with their ids, in one transaction."""
@@ -173,7 +233,7 @@ class ConsumerRunner(Generic[EventT]):
         self.applied += len(fresh)
         return len(fresh)
 
-    async def _commit(self, records: Sequence[ConsumerRecord[Any, Any]], applied: int) -> None:
+    async def _commit(self, records: Sequence[Record], applied: int) -> None:
         """Commit the offsets of the partitions this consumer still owns. After a rebalance the
         new owner re-reads the rest, and skips what was applied by its recorded ids."""
         owned = self.assignment()
@@ -186,28 +246,34 @@ class ConsumerRunner(Generic[EventT]):
         if applied and self._after_commit is not None:
             self._after_commit()
 
-    async def _parse_or_park(self, record: ConsumerRecord[Any, Any]) -> EventT | None:
+    async def _parse_or_park(self, record: Record) -> EventT | None:
         topic = record.topic.removeprefix(self._prefix)
         try:
             return self.spec.parse(topic, record.value)
         except (PoisonRecord, ValidationError, ValueError) as exc:
-            reason = _reason(exc)
-            log.warning(
-                "%s: %s[%d]@%d to DLQ: %s",
-                self.spec.name,
-                record.topic,
-                record.partition,
-                record.offset,
-                reason,
-            )
-            headers = [
-                *list(record.headers or ()),
-                (DLQ_REASON_HEADER, reason.encode()),
-                ("dlq_source", f"{record.topic}/{record.partition}/{record.offset}".encode()),
-                ("dlq_consumer", self.spec.group_id.encode()),
-            ]
-            await self._publisher.publish_raw(dlq_for(topic), record.key, record.value, headers)
+            await self._to_dlq(record, _reason(exc))
             return None
+
+    async def _to_dlq(self, record: Record, reason: str) -> None:
+        """Park a record in its topic's DLQ (acknowledged by the broker before the offset
+        moves past it), with the reason, where it came from and who parked it."""
+        log.warning(
+            "%s: %s[%d]@%d to DLQ: %s",
+            self.spec.name,
+            record.topic,
+            record.partition,
+            record.offset,
+            reason,
+        )
+        topic = record.topic.removeprefix(self._prefix)
+        headers = [
+            *list(record.headers or ()),
+            (DLQ_REASON_HEADER, reason.encode()),
+            ("dlq_source", f"{record.topic}/{record.partition}/{record.offset}".encode()),
+            ("dlq_consumer", self.spec.group_id.encode()),
+        ]
+        await self._publisher.publish_raw(dlq_for(topic), record.key, record.value, headers)
+        self.parked += 1
 
     async def _unseen(self, session: AsyncSession, events: list[EventT]) -> list[EventT]:
         """Drop events this consumer already applied, also repeats within the batch."""
@@ -247,7 +313,14 @@ class ConsumerRunner(Generic[EventT]):
         await bulk_insert(session, ProcessedEvent, rows)
 
 
-def _next_offsets(records: Sequence[ConsumerRecord[Any, Any]]) -> dict[TopicPartition, int]:
+_FAULT_WORDS = {
+    Fault.ENVIRONMENT: "database or broker unavailable",
+    Fault.CONTENTION: "a concurrent change",
+    Fault.CONTENT: "the batch failed",
+}
+
+
+def _next_offsets(records: Sequence[Record]) -> dict[TopicPartition, int]:
     offsets: dict[TopicPartition, int] = {}
     for record in records:
         partition = TopicPartition(record.topic, record.partition)

@@ -9,6 +9,7 @@ import gc
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Protocol
 
 from fastapi import APIRouter, FastAPI
@@ -21,6 +22,7 @@ from scoring_service.api import build_router as build_scoring_router
 from scoring_service.consumer import ActivityApplier
 from scoring_service.jobs import Reapplier
 from scoring_service.lifecycle import LifecycleApplier
+from scoring_service.promoter import MqlPromoter
 from scoring_service.rulebooks import RulebookCache, install_configured
 from scoring_service.rules import load_rulebook
 from services.app import create_app
@@ -70,7 +72,14 @@ class Part:
     teardown: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
 
-def _consumers(context: AppContext, service: str, specs: Sequence[ConsumerSpec[Any]]) -> Part:
+def _consumers(
+    context: AppContext,
+    service: str,
+    specs: Sequence[ConsumerSpec[Any]],
+    extra: Callable[[OutboxRelay], Sequence[Worker]] = lambda _: (),
+) -> Part:
+    """The service's consumers, its outbox relay, and `extra` workers that write to the
+    outbox (they wake the relay when they did)."""
     settings = context.settings
     relay = OutboxRelay(
         service,
@@ -91,7 +100,7 @@ def _consumers(context: AppContext, service: str, specs: Sequence[ConsumerSpec[A
         )
         for spec in specs
     ]
-    return Part(service, workers=[*runners, relay])
+    return Part(service, workers=[*runners, *extra(relay), relay])
 
 
 def build_part(name: str, context: AppContext) -> Part:
@@ -120,9 +129,23 @@ def _scoring_part(context: AppContext) -> Part:
     settings, clock = context.settings, context.clock
     load_rulebook(settings.rulebook)  # a bad file stops the start with a clear message
     cache = RulebookCache()
-    applier = ActivityApplier(cache, clock)
+    applier = ActivityApplier(cache, clock, mql_hold=timedelta(seconds=settings.mql_hold_seconds))
     reapplier = Reapplier(context.sessions, applier, clock)
-    part = _consumers(context, "scoring", [applier.spec(), LifecycleApplier(applier, clock).spec()])
+
+    def promoter(relay: OutboxRelay) -> list[Worker]:
+        return [
+            MqlPromoter(
+                context.sessions,
+                applier,
+                clock,
+                poll_interval=settings.poll_interval_seconds,
+                after_commit=relay.notify,
+            )
+        ]
+
+    part = _consumers(
+        context, "scoring", [applier.spec(), LifecycleApplier(applier, clock).spec()], promoter
+    )
     part.routers.append(build_scoring_router(cache, reapplier))
 
     async def install_rulebook() -> None:

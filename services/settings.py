@@ -44,6 +44,12 @@ class Settings(BaseSettings):
         default=6000, ge=1000, description="Consumer group session timeout; joins take about half."
     )
     outbox_batch_size: int = Field(default=500, ge=1)
+    mql_hold_seconds: float = Field(
+        default=3.0,
+        ge=0,
+        description="How long a qualification waits for older facts still on their way "
+        "(another partition, a lagging worker) before its lead.mql goes out; 0: at once.",
+    )
     poll_interval_seconds: float = Field(default=0.2, gt=0)
 
     # --- gateway (owned by the ingest gateway; keep its settings in this block) ---

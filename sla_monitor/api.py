@@ -11,6 +11,7 @@ from sqlalchemy import select
 from services.auth import OpsDep
 from services.deps import ClockDep, SessionDep
 from services.errors import ApiError
+from services.params import LeadId
 from sla_monitor.models import SlaClock
 from sla_monitor.policy import AcceptPolicy
 
@@ -29,6 +30,7 @@ def clock_view(row: SlaClock, policy: AcceptPolicy, now: datetime) -> dict[str, 
         "started_at": row.started_at.isoformat(),
         "deadline": row.deadline.isoformat(),
         "status": row.status,
+        "reason": row.reason,  # why it was cancelled (a revoked MQL)
         "overdue": row.status == "running" and now > row.deadline,
     }
 
@@ -37,7 +39,7 @@ def build_router(policy: AcceptPolicy) -> APIRouter:
     router = APIRouter(tags=["sla"], dependencies=[OpsDep])
 
     @router.get("/sla/leads/{lead_id}", summary="A lead's follow-up clock: policy, deadline")
-    async def lead_clock(lead_id: str, session: SessionDep, clock: ClockDep) -> dict[str, Any]:
+    async def lead_clock(lead_id: LeadId, session: SessionDep, clock: ClockDep) -> dict[str, Any]:
         rows = (
             await session.scalars(
                 select(SlaClock).where(SlaClock.lead_id == lead_id).order_by(SlaClock.cycle.desc())

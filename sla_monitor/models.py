@@ -16,7 +16,9 @@ class SlaClock(Base):
     lead_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     cycle: Mapped[int] = mapped_column(Integer, primary_key=True)
     policy: Mapped[str] = mapped_column(String(200))
-    rep_id: Mapped[str] = mapped_column(String(100))
+    rep_id: Mapped[str | None] = mapped_column(String(100))
     started_at: Mapped[datetime] = mapped_column(UTCDateTime())
     deadline: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
     status: Mapped[str] = mapped_column(String(32), default="running")
+    reason: Mapped[str | None] = mapped_column(String(500))
+    """Why a clock was cancelled (its MQL was revoked)."""

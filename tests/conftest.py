@@ -97,6 +97,7 @@ def make_settings(bootstrap: str, database_url: str, data_dir: Path) -> Settings
         poll_interval_seconds=0.05,
         produce_timeout_seconds=2.0,
         consumer_session_timeout_ms=2000,
+        mql_hold_seconds=0.0,  # the injected clock stands still; hold tests set their own
     )
 
 

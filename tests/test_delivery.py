@@ -17,7 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from schemas.events import ActivityData, ActivityType, Identity, LeadScoredData
 from schemas.registry import ACTIVITY, SCORED
 from schemas.topics import LEAD_ACTIVITY, LEAD_ACTIVITY_DLQ, LEAD_SCORED
-from scoring_service.consumer import ActivityApplier, IncomingActivity, lead_id_for
+from scoring_service.consumer import ActivityApplier, IncomingActivity
+from scoring_service.identity import lead_id_for
 from scoring_service.models import Activity, Lead, LedgerEntry
 from scoring_service.rulebooks import RulebookCache, install_configured
 from services.bus import Publisher, make_consumer

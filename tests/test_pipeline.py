@@ -130,3 +130,76 @@ async def test_unknown_lead_and_clock_are_404(client: httpx.AsyncClient) -> None
         response = await client.get(path)
         assert response.status_code == 404
         assert "ld_missing" in response.json()["error"]["message"]
+
+
+async def test_a_late_personal_email_revokes_the_mql_closes_the_assignment_and_the_clock(
+    pipeline: Runtime, client: httpx.AsyncClient
+) -> None:
+    """The identify (keyed by e-mail) is older than the demo request (keyed by user id) but
+    arrives after it: the MQL that went out is revoked, and sales is told through the
+    handoff and the SLA clock, with the reason."""
+    settings = pipeline.settings
+    first = [
+        {
+            "type": "identify",
+            "userId": "u-quinn",
+            "timestamp": "2026-11-23T10:05:00Z",
+            "traits": {"company": "Initech", "employees": 800, "industry": "software"},
+        },
+        {
+            "type": "track",
+            "event": "form_submit",
+            "userId": "u-quinn",
+            "timestamp": "2026-11-23T10:10:00Z",
+            "properties": {"form": "demo-request"},
+        },
+    ]
+    response = await client.post("/v1/batch", json={"batch": first})
+    assert response.status_code == 200, response.text
+    (mql,) = values(await read_topic(settings, LEAD_MQL, expect=1))
+    lead_id = mql["data"]["lead_id"]
+
+    async def assignment(status: str) -> dict[str, Any] | None:
+        response = await client.get(f"/handoff/leads/{lead_id}")
+        if response.status_code != 200:
+            return None
+        current: dict[str, Any] = response.json()["assignments"][0]
+        return current if current["status"] == status else None
+
+    async def sla_clock(status: str) -> dict[str, Any] | None:
+        response = await client.get(f"/sla/leads/{lead_id}")
+        if response.status_code != 200:
+            return None
+        current: dict[str, Any] = response.json()["clocks"][0]
+        return current if current["status"] == status else None
+
+    await eventually(lambda: assignment("assigned"))
+    await eventually(lambda: sla_clock("running"))
+
+    late = {
+        "userId": "u-quinn",
+        "timestamp": "2026-11-23T10:00:00Z",
+        "traits": {"email": "quinn@gmail.com"},
+    }
+    assert (await client.post("/v1/identify", json=late)).status_code == 200
+
+    published = values(await read_topic(settings, LEAD_MQL, expect=2))
+    assert [event["type"] for event in published] == ["lead.mql", "lead.mql_revoked"]
+    revoked = published[1]["data"]
+    assert revoked["mql_event_id"] == mql["id"]
+    assert (revoked["reason"], revoked["detail"]) == (
+        "disqualified",
+        "disqualified by personal-email",
+    )
+    closed = await eventually(lambda: assignment("revoked"))
+    assert closed["status_reason"] == "disqualified: disqualified by personal-email"
+    cancelled = await eventually(lambda: sla_clock("cancelled"))
+    assert cancelled["reason"] == "disqualified: disqualified by personal-email"
+    assert cancelled["overdue"] is False
+    sla_events = values(await read_topic(settings, SLA_EVENTS, expect=2))
+    assert [event["data"]["kind"] for event in sla_events] == ["clock_started", "cancelled"]
+
+    lead = (await client.get(f"/leads/{lead_id}")).json()
+    assert lead["stage"] == "lead"
+    assert lead["disqualified_by"] == ["personal-email"]
+    assert lead["owner"] is None

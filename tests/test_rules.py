@@ -22,6 +22,7 @@ from scoring_service.rules import (
     Condition,
     Rulebook,
     RulebookError,
+    compile_regex,
     load_rulebook,
     parse_rulebook_text,
     rulebook_from_document,
@@ -641,6 +642,19 @@ VALID_HEAD = 'version: "1"\nmql:\n  threshold: 100\n'
             6,
             "fit[0].if.title.matches: not a valid regular expression",
         ),
+        (  # backreferences and lookaround need backtracking, which RE2 does not do
+            "engagement:\n  - name: a\n    when: {activity: page_view}\n    points: 1\n"
+            "  - name: b\n    when:\n      activity: page_view\n"
+            "      url_regex: '/(docs)/\\1'\n    points: 1\n",
+            11,
+            "engagement[1].when.url_regex: not a valid regular expression (RE2 syntax: no "
+            "backreferences or lookaround): invalid escape sequence: \\1",
+        ),
+        (
+            "fit:\n  - name: a\n    if: {title: {matches: 'vp(?! of sales)'}}\n    points: 1\n",
+            6,
+            "fit[0].if.title.matches: not a valid regular expression (RE2 syntax",
+        ),
         (
             "fit:\n  - name: a\n    if: {size: {min: 9, max: 1}}\n    points: 1\n",
             6,
@@ -745,6 +759,73 @@ def test_unreadable_empty_or_broken_files_are_named(tmp_path: Path) -> None:
     broken.write_text("version: '1'\nfit: [unclosed\n")
     with pytest.raises(RulebookError, match=r"broken\.yaml line 3: not valid YAML"):
         load_rulebook(broken)
+
+
+# --- regular expressions run on RE2: linear time, whatever the pattern ----------------------
+
+CATASTROPHIC = "^(a+)+$"  # exponential for a backtracking engine on 'aaa…ab'
+
+
+def test_catastrophic_patterns_are_evaluated_in_linear_time() -> None:
+    """With Python's re, each evaluation that finds nothing would not return in a lifetime."""
+    adversarial = "a" * 10_000 + "b"
+    assert compile_regex(CATASTROPHIC)(adversarial) is False
+    assert compile_regex(CATASTROPHIC)("a" * 10_000) is True
+    assert Condition.model_validate({"matches": CATASTROPHIC}).holds("a" * 50 + "b") is False
+    when = ActivityMatch.model_validate({"activity": "page_view", "url_regex": "(x+x+)+y"})
+    assert when.matches(activity(K.PAGE_VIEW, url="x" * 10_000)) is False
+    assert when.matches(activity(K.PAGE_VIEW, url="xxy")) is True
+
+
+def test_a_rulebook_with_a_catastrophic_pattern_scores_normally() -> None:
+    rulebook = parse_rulebook_text(
+        VALID_HEAD
+        + "fit:\n  - name: a-run\n    if: {job_title: {matches: '^(a+)+$'}}\n    points: 7\n"
+    )
+    assert rulebook.fit_for({"job_title": "a" * 10_000 + "b"}) == ()
+    assert rulebook.fit_for({"job_title": "AAAA"}) == (("a-run", 7.0),)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "text", "expected"),
+    [
+        (r"/docs/v[0-9]+/", "https://x.io/DOCS/v12/intro", True),  # without case, as before
+        (r"\bintern\b", "Summer Intern", True),
+        (r"\bintern\b", "International", False),
+        ("é", "CAFÉ", True),  # case folding beyond ASCII
+        ("^café$", "café", True),
+        ("a.c", "a\ud800c", True),  # a lone surrogate (valid in JSON) is one character
+        ("^x$", "x\ud800", False),
+        (r"(?P<v>v[0-9])\.", "v2.1", True),
+        (r"end\z", "the end", True),
+    ],
+)
+def test_regex_matches_like_a_search_without_case(pattern: str, text: str, expected: bool) -> None:
+    assert compile_regex(pattern)(text) is expected
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [r"(a)\1", r"(?=a)b", r"(?<!a)b", r"a\Z", "a{2000}", "(", "[z-a]"],
+)
+def test_patterns_re2_cannot_run_are_refused(pattern: str) -> None:
+    with pytest.raises(ValueError, match="not a valid regular expression"):
+        compile_regex(pattern)
+
+
+def test_rules_check_reports_a_pattern_re2_refuses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from services.cli import main as cli_main  # the whole CLI: only this test needs it
+
+    path = tmp_path / "rules.yaml"
+    path.write_text(
+        VALID_HEAD + "triggers:\n  - name: t\n    when:\n      url_regex: '(?<=/app)/demo'\n"
+    )
+    assert cli_main(["rules", "check", str(path)]) == 2
+    error = capsys.readouterr().err
+    assert f"{path} line 7: triggers[0].when.url_regex: not a valid regular expression" in error
+    assert "invalid perl operator" in error
 
 
 # --- determinism, property-based ------------------------------------------------------------
@@ -901,3 +982,17 @@ def test_recycling_live_equals_replaying_with_the_recycle(
     assert live == engine.replay(rulebook, history, recycles=[at])[0]
     from_cycle_start, _ = engine.replay(rulebook, history, start=engine.initial_state(at))
     assert from_cycle_start == live, "replaying the log into the current cycle agrees too"
+
+
+def test_control_characters_in_versions_and_rule_names_are_refused() -> None:
+    """They would become event ids, ledger rows and database text; PostgreSQL refuses NUL."""
+    text = (
+        'version: "2026\\0"\nmql: {threshold: 10}\nengagement:\n'
+        '  - name: "page\\x1bview"\n    when: {activity: page_view}\n    points: 1\n'
+    )
+    with pytest.raises(RulebookError) as caught:
+        parse_rulebook_text(text, "r.yaml")
+    assert str(caught.value).splitlines() == [
+        "r.yaml line 1: version: must not contain control characters (found U+0000)",
+        "r.yaml line 4: engagement[0].name: must not contain control characters (found U+001B)",
+    ]

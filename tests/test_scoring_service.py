@@ -17,7 +17,8 @@ from schemas.events import ActivityData, ActivityType, Identity, LeadStatusData
 from schemas.registry import ACTIVITY, STATUS
 from schemas.topics import LEAD_ACTIVITY, LEAD_MQL, LEAD_SCORED, LEAD_STATUS
 from scoring_service import engine, store
-from scoring_service.consumer import ActivityApplier, lead_id_for, parse_activity
+from scoring_service.consumer import ActivityApplier, parse_activity
+from scoring_service.identity import lead_id_for, person_id
 from scoring_service.models import Lead
 from scoring_service.rulebooks import RulebookCache, install_configured
 from scoring_service.rules import parse_rulebook_text
@@ -168,11 +169,12 @@ async def test_anonymous_history_joins_the_known_lead_and_known_leads_merge(
     await produce(
         settings, LEAD_ACTIVITY, [activity("k1", 2, email="kim@corp.example", user="u-kim")]
     )
-    anonymous_id, known_id = lead_id_for("anon:visitor"), lead_id_for("email:kim@corp.example")
+    anonymous_id = lead_id_for("anon:visitor")
+    known_id = person_id(["email:kim@corp.example", "user:u-kim"])
     await eventually(lambda: lead_json(client, anonymous_id))
     await eventually(lambda: lead_json(client, known_id))
 
-    # the visitor identifies as Kim: one person, the older lead survives
+    # the visitor identifies as Kim: one person, whose id comes from all three keys
     await produce(
         settings,
         LEAD_ACTIVITY,
@@ -188,20 +190,23 @@ async def test_anonymous_history_joins_the_known_lead_and_known_leads_merge(
         ],
     )
 
+    final_id = person_id(["anon:visitor", "email:kim@corp.example", "user:u-kim"])
+    other_id = known_id if final_id == anonymous_id else anonymous_id
+
     async def merged() -> dict[str, Any] | None:
-        lead = await lead_json(client, known_id)
+        lead = await lead_json(client, other_id)
         return lead if lead and len(lead["identities"]) == 3 else None
 
     survivor = await eventually(merged)
-    assert survivor["lead_id"] == anonymous_id  # its history starts first
+    assert survivor["lead_id"] == final_id
     assert survivor["identities"] == ["anon:visitor", "email:kim@corp.example", "user:u-kim"]
-    assert survivor["merged_from"] == known_id
+    assert survivor["merged_from"] == other_id
     assert survivor["fit"] == 10
     assert survivor["score"] == 25  # three page views before + software fit
     listed = (await client.get("/leads", params={"email": "kim@corp.example"})).json()
-    assert [item["lead_id"] for item in listed["items"]] == [anonymous_id]
+    assert [item["lead_id"] for item in listed["items"]] == [final_id]
     scored = values(await read_topic(settings, LEAD_SCORED, expect=3))
-    assert any(known_id in event["data"]["merged_ids"] for event in scored)
+    assert any(other_id in event["data"]["merged_ids"] for event in scored)
 
 
 async def test_management_api_needs_a_key_with_the_right_role(scoring: Runtime) -> None:
@@ -381,9 +386,10 @@ async def test_a_lead_merged_twice_in_one_batch_points_at_the_final_survivor(
             incoming = [parse_activity(LEAD_ACTIVITY, value) for _, value in batch]
             await applier.apply_batch(session, incoming)
             await write_pending(session)
-        survivor = lead_id_for("email:cy@corp.example")
+        keys = ["email:cy@corp.example", "user:u-b", "anon:a-1"]
+        survivor = person_id(keys)
         async with sessions() as session:
-            for merged in (lead_id_for("anon:a-1"), lead_id_for("user:u-b")):
+            for merged in {lead_id_for(key) for key in keys} - {survivor}:
                 lead = await session.get(Lead, merged)
                 assert lead is not None and lead.merged_into == survivor
                 resolved = await store.resolve_merged(session, merged)

@@ -286,6 +286,7 @@ async def run_one(base: Settings, database: str, url: str, args: argparse.Namesp
                 consumer_batch_size=args.batch_size or base.consumer_batch_size,
                 consumer_session_timeout_ms=2000,
                 poll_interval_seconds=0.05,
+                mql_hold_seconds=0.0,  # latency is the pipeline's, not the allowed lateness
             )
         )
         await upgrade(url)
@@ -293,7 +294,8 @@ async def run_one(base: Settings, database: str, url: str, args: argparse.Namesp
         stream = Stream(args.leads, args.skew, seed=7)
         print(
             f"[{database}] generating {args.events:,} events over {args.leads:,} leads "
-            f"({args.partitions} partitions, batches of up to {settings.consumer_batch_size:,})",
+            f"({args.partitions} partitions, batches of up to {settings.consumer_batch_size:,}; "
+            "MQLs announced without the hold for late facts, LEADFLOW_MQL_HOLD_SECONDS)",
             flush=True,
         )
         records = list(stream.events(args.events))

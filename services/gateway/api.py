@@ -23,7 +23,7 @@ from services.gateway.pixel import router as pixel_router
 from services.gateway.publish import publish_activities
 from services.gateway.segment import (
     CALLS,
-    InvalidEmail,
+    InvalidField,
     parse_call,
     parse_time,
     to_activity_event,
@@ -71,9 +71,9 @@ def _normalize(
         )
     except ValidationError as exc:
         raise _Invalid(field_errors(exc.errors(), prefix=prefix)) from exc
-    except InvalidEmail as exc:
+    except InvalidField as exc:
         field = ".".join([*prefix, exc.field])
-        raise _Invalid([{"field": field, "message": "not a valid email address"}]) from exc
+        raise _Invalid([{"field": field, "message": exc.message}]) from exc
 
 
 def _unprocessable(fields: list[dict[str, str]]) -> ApiError:
@@ -134,7 +134,7 @@ def batch_events(payload: dict[str, Any], path: str, context: ContextDep) -> lis
                 fields=[{"field": ".".join(prefix), "message": "message too large"}],
             )
         call = item.get("type")
-        if call not in CALLS:
+        if not isinstance(call, str) or call not in CALLS:
             problems.append(
                 {"field": ".".join([*prefix, "type"]), "message": f"one of {', '.join(CALLS)}"}
             )

@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import Request
 
 from services.errors import ApiError
+from services.gateway.clean import MAX_DEPTH, depth
 
 MAX_EVENT_BYTES = 32 * 1024
 """Segment's limit for one message (and for a single-call endpoint's whole body)."""
@@ -55,11 +56,21 @@ async def read_body(request: Request, limit: int) -> bytes:
     return body
 
 
+def shallow(value: Any) -> Any:
+    """`value`, or 400 when it nests more than MAX_DEPTH levels."""
+    if depth(value) > MAX_DEPTH:
+        raise ApiError(400, "invalid_body", f"body nests more than {MAX_DEPTH} levels deep")
+    return value
+
+
 def parse_json(body: bytes) -> Any:
+    """ValueError covers bad UTF-8 and integers too long to convert as well as bad JSON;
+    RecursionError a body nested past the parser's own limit."""
     try:
-        return json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        value = json.loads(body)
+    except (ValueError, RecursionError) as exc:
         raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from exc
+    return shallow(value)
 
 
 def parse_json_object(body: bytes) -> dict[str, Any]:

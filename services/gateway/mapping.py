@@ -17,9 +17,11 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from schemas.events import ActivityType
 from services.config_files import read_yaml, validate
+from services.gateway.clean import id_problem
 from services.gateway.segment import InvalidEmail, checked_email, parse_time
 
 EPOCH_MILLIS_FROM = 100_000_000_000  # a number this big is milliseconds, not seconds
+MAX_ID_LENGTH = 200  # as for the Segment API's userId and anonymousId
 
 
 def _as_list(value: object) -> object:
@@ -151,7 +153,10 @@ def to_time(value: Any) -> datetime:
         value = float(value)
     if isinstance(value, int | float):
         seconds = value / 1000 if value >= EPOCH_MILLIS_FROM else value
-        return datetime.fromtimestamp(seconds, UTC)
+        try:
+            return datetime.fromtimestamp(seconds, UTC)
+        except (OverflowError, OSError) as exc:
+            raise ValueError("not a time") from exc
     try:
         return parse_time(value)
     except ValidationError as exc:
@@ -160,6 +165,24 @@ def to_time(value: Any) -> datetime:
 
 def _text(value: Any) -> str | None:
     return None if value is None else str(value)
+
+
+def _identity_at(
+    event: Any, paths: list[str], where: str, problems: list[dict[str, str]]
+) -> tuple[str | None, str | None]:
+    """(path, value) of an identity field: refused, naming the path, when it holds a control
+    character or is too long to be a key."""
+    path, value = first(event, paths)
+    if path is None:
+        return None, None
+    text = str(value)
+    problem = id_problem(text)
+    if problem is None and len(text) > MAX_ID_LENGTH:
+        problem = f"longer than {MAX_ID_LENGTH} characters"
+    if problem is not None:
+        problems.append({"field": where + path, "message": problem})
+        return path, None
+    return path, text
 
 
 def _time_at(document: Any, paths: list[str], problems: list[dict[str, str]]) -> datetime | None:
@@ -217,9 +240,9 @@ def map_event(mapping: WebhookMapping, event: Any, where: str = "") -> MappedAct
             email = checked_email([(where + email_path, email_value)])
         except InvalidEmail as exc:
             problems.append({"field": exc.field, "message": "not a valid email address"})
-    _, user_id = first(event, mapping.user_id)
-    _, anonymous_id = first(event, mapping.anonymous_id)
-    if email_path is None and user_id is None and anonymous_id is None:
+    user_path, user_id = _identity_at(event, mapping.user_id, where, problems)
+    anonymous_path, anonymous_id = _identity_at(event, mapping.anonymous_id, where, problems)
+    if email_path is None and user_path is None and anonymous_path is None:
         tried = [*mapping.email, *mapping.user_id, *mapping.anonymous_id]
         problems.append(
             {"field": where + " | ".join(tried), "message": "no identity: none of these is present"}
@@ -236,8 +259,8 @@ def map_event(mapping: WebhookMapping, event: Any, where: str = "") -> MappedAct
         activity_type=activity[0],
         event_name=activity[1],
         email=email,
-        user_id=_text(user_id),
-        anonymous_id=_text(anonymous_id),
+        user_id=user_id,
+        anonymous_id=anonymous_id,
         time=time,
         properties=_values(event, mapping.properties),
         attributes=_values(event, mapping.attributes),

@@ -3,26 +3,30 @@ whatever goes wrong, so it never breaks a page or an email. Problems are counted
 `/gateway/stats` and logged, never shown.
 
 The pixel waits for the broker's acknowledgement before answering (a pixel has no retry, so
-answering first could only lose data it pretended to take); when the broker does not answer
-within `LEADFLOW_PRODUCE_TIMEOUT_SECONDS` it still returns the GIF and counts
-`pixel_publish_failed`.
+answering first could only lose data it pretended to take). Without it the GIF is still
+returned and the hit counted: `pixel_publish_failed` when the write was refused for good (not
+recorded), `pixel_publish_unconfirmed` otherwise (no acknowledgement within
+`LEADFLOW_PRODUCE_TIMEOUT_SECONDS`, or a lost connection: the Kafka client may still deliver it,
+so it may or may not be recorded).
 """
 
 from __future__ import annotations
 
 import base64
 import logging
+import re
 import uuid
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from services.bus import PublishError
 from services.deps import ContextDep, get_context
-from services.errors import ApiError
 from services.gateway.auth import is_accepted
-from services.gateway.publish import publish_activities
-from services.gateway.segment import InvalidEmail, SegmentMessage, parse_call, to_activity_event
+from services.gateway.clean import CleanId, id_problem
+from services.gateway.publish import produce_activities, refused
+from services.gateway.segment import InvalidField, SegmentMessage, parse_call, to_activity_event
 from services.gateway.stats import count_bots, stats
 
 log = logging.getLogger(__name__)
@@ -39,6 +43,8 @@ CAMPAIGN_KEYS = {
     "utm_term": "term",
     "utm_content": "content",
 }
+COOKIE_VALUE = re.compile(r"[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]{1,200}")
+"""RFC 6265 cookie-octets: an `aid` outside them is recorded but not kept as the cookie."""
 
 
 class PixelQuery(BaseModel):
@@ -57,9 +63,9 @@ class PixelQuery(BaseModel):
     utm_term: str | None = Field(default=None, max_length=200)
     utm_content: str | None = Field(default=None, max_length=200)
     email: str | None = Field(default=None, max_length=320)
-    uid: str | None = Field(default=None, max_length=200)
-    aid: str | None = Field(default=None, max_length=200)
-    mid: str | None = Field(default=None, max_length=200)
+    uid: CleanId | None = Field(default=None, max_length=200)
+    aid: CleanId | None = Field(default=None, max_length=200)
+    mid: CleanId | None = Field(default=None, max_length=200)
 
 
 def pixel_message(query: PixelQuery, anonymous_id: str, user_agent: str | None) -> SegmentMessage:
@@ -110,6 +116,11 @@ def _gif(request: Request, set_cookie: str | None) -> Response:
     return response
 
 
+def _locations(error: ValidationError) -> str:
+    """The fields a validation error names, without their values (which may be emails)."""
+    return ", ".join(sorted({".".join(map(str, item["loc"])) for item in error.errors()}))
+
+
 def _reject(request: Request, reason: str) -> None:
     stats(request)["pixel_rejected"] += 1
     log.info("pixel hit not recorded: %s (query %s)", reason, request.url.query[:500])
@@ -124,16 +135,15 @@ def _reject(request: Request, reason: str) -> None:
 async def pixel(request: Request, context: ContextDep) -> Response:
     settings = context.settings
     cookie = request.cookies.get(settings.anonymous_id_cookie)
-    if cookie is not None and not 0 < len(cookie) <= 200:
+    if cookie is not None and (not 0 < len(cookie) <= 200 or id_problem(cookie)):
         cookie = None
     try:
         query = PixelQuery.model_validate(dict(request.query_params))
     except ValidationError as exc:
-        fields = sorted({".".join(str(part) for part in error["loc"]) for error in exc.errors()})
-        _reject(request, f"invalid parameters: {', '.join(fields)}")
+        _reject(request, f"invalid parameters: {_locations(exc)}")
         return _gif(request, None if cookie else str(uuid.uuid4()))
     anonymous_id = query.aid or cookie or str(uuid.uuid4())
-    new_cookie = None if cookie else anonymous_id
+    new_cookie = None if cookie or not COOKIE_VALUE.fullmatch(anonymous_id) else anonymous_id
     if not is_accepted(query.wk, settings.write_keys):
         _reject(request, "unknown write key (wk)")
         return _gif(request, new_cookie)
@@ -146,14 +156,21 @@ async def pixel(request: Request, context: ContextDep) -> Response:
             bot_reason="head_request" if request.method == "HEAD" else None,
             scanner_seconds=settings.email_scanner_seconds,
         )
-    except (ValidationError, InvalidEmail) as exc:
+    except ValidationError as exc:
+        _reject(request, f"invalid parameters: {_locations(exc)}")
+        return _gif(request, new_cookie)
+    except InvalidField as exc:
         _reject(request, f"invalid parameters: {exc}")
         return _gif(request, new_cookie)
     try:
-        await publish_activities(context.publisher, [event])
-    except ApiError:
-        stats(request)["pixel_publish_failed"] += 1
-        log.warning("pixel hit %s not recorded: the broker did not acknowledge it", event.id)
+        await produce_activities(context.publisher, [event])
+    except PublishError as exc:
+        if refused(exc):
+            stats(request)["pixel_publish_failed"] += 1
+            log.warning("pixel hit %s not recorded: %s", event.id, exc)
+        else:
+            stats(request)["pixel_publish_unconfirmed"] += 1
+            log.warning("pixel hit %s unconfirmed (may be recorded later): %s", event.id, exc)
     else:
         stats(request)["pixel_recorded"] += 1
         count_bots(request, [event])

@@ -22,11 +22,10 @@ from pydantic import (
 )
 
 from schemas.envelope import CloudEvent
-from schemas.events import ActivityData, ActivityType, Identity
-from schemas.registry import ACTIVITY
-from services.codec import envelope
+from schemas.events import ActivityType, Identity
 from services.gateway import bots
 from services.gateway.body import MAX_EVENT_BYTES
+from services.gateway.clean import CleanId, CleanText, activity_event, id_problem
 
 __all__ = ["MAX_EVENT_BYTES"]
 
@@ -84,11 +83,13 @@ class SegmentMessage(BaseModel):
 
     model_config = ConfigDict(extra="allow", populate_by_name=True, coerce_numbers_to_str=True)
 
-    user_id: str | None = Field(default=None, alias="userId", min_length=1, max_length=200)
-    anonymous_id: str | None = Field(
+    user_id: CleanId | None = Field(default=None, alias="userId", min_length=1, max_length=200)
+    anonymous_id: CleanId | None = Field(
         default=None, alias="anonymousId", min_length=1, max_length=200
     )
-    message_id: str | None = Field(default=None, alias="messageId", min_length=1, max_length=200)
+    message_id: CleanId | None = Field(
+        default=None, alias="messageId", min_length=1, max_length=200
+    )
     timestamp: datetime | None = None
     sent_at: datetime | None = Field(default=None, alias="sentAt")
     properties: dict[str, Any] = Field(default_factory=dict)
@@ -105,13 +106,13 @@ class SegmentMessage(BaseModel):
 
 
 class SegmentTrack(SegmentMessage):
-    event: str = Field(min_length=1, max_length=200)
+    event: CleanText = Field(min_length=1, max_length=200)
 
 
 class SegmentPage(SegmentMessage):
     call: str = "page"
-    name: str | None = Field(default=None, max_length=200)
-    category: str | None = Field(default=None, max_length=200)
+    name: CleanText | None = Field(default=None, max_length=200)
+    category: CleanText | None = Field(default=None, max_length=200)
 
 
 class SegmentScreen(SegmentPage):
@@ -124,13 +125,13 @@ class SegmentIdentify(SegmentMessage):
 
 class SegmentAlias(SegmentMessage):
     call: str = "alias"
-    user_id: str = Field(alias="userId", min_length=1, max_length=200)
-    previous_id: str = Field(alias="previousId", min_length=1, max_length=200)
+    user_id: CleanId = Field(alias="userId", min_length=1, max_length=200)
+    previous_id: CleanId = Field(alias="previousId", min_length=1, max_length=200)
 
 
 class SegmentGroup(SegmentMessage):
     call: str = "group"
-    group_id: str = Field(alias="groupId", min_length=1, max_length=200)
+    group_id: CleanId = Field(alias="groupId", min_length=1, max_length=200)
 
 
 CALLS: dict[str, type[SegmentMessage]] = {
@@ -144,16 +145,29 @@ CALLS: dict[str, type[SegmentMessage]] = {
 
 
 def parse_call(call: str, payload: dict[str, Any]) -> SegmentMessage:
-    """Validate `payload` as a `call` (the endpoint's, or a batch item's `type`)."""
+    """Validate `payload` as a `call` (the endpoint's, or a batch item's `type`). Keys that
+    are no field name (they hold control characters) are dropped like other unknown keys."""
     model = CALLS[call]
-    document = {key: value for key, value in payload.items() if key not in ("type", "call")}
+    document = {
+        key: value
+        for key, value in payload.items()
+        if key not in ("type", "call") and id_problem(key) is None
+    }
     return model.model_validate({**document, "call": call})
 
 
-class InvalidEmail(ValueError):
-    def __init__(self, field: str) -> None:
-        super().__init__(f"{field} is not a valid email address")
+class InvalidField(ValueError):
+    """A field the models let through that cannot become an activity; `field` names it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
         self.field = field
+        self.message = message
+
+
+class InvalidEmail(InvalidField):
+    def __init__(self, field: str) -> None:
+        super().__init__(field, "not a valid email address")
 
 
 def activity_type_for(event_name: str) -> ActivityType:
@@ -285,7 +299,10 @@ def to_activity_event(
     email = find_email(body)
     identity = Identity(email=email, user_id=body.user_id, anonymous_id=body.anonymous_id)
     sent_at = body.sent_at or batch_sent_at
-    event_time = corrected_time(body.timestamp, sent_at, now)
+    try:
+        event_time = corrected_time(body.timestamp, sent_at, now)
+    except OverflowError as exc:
+        raise InvalidField("timestamp", "too far from sentAt to correct the clock") from exc
     activity_type, event_name = _activity(body)
     properties = _properties(body)
     context = {key: value for key, value in body.context.items() if key != "traits"}
@@ -301,23 +318,17 @@ def to_activity_event(
     )
     if reason:
         context["bot_reason"] = reason
-    data = ActivityData(
+    return activity_event(
+        event_id=body.message_id or f"gw-{uuid.uuid4()}",
+        source=f"leadflow/gateway{channel.removeprefix('http:')}",
+        time=event_time,
+        identity=identity,
         activity_type=activity_type,
         event_name=event_name,
-        identity=identity,
         properties=properties,
         attributes=_attributes(body),
         context=context,
         channel=channel,
         received_at=now,
         is_bot=reason is not None,
-    )
-    return envelope(
-        ACTIVITY,
-        event_id=body.message_id or f"gw-{uuid.uuid4()}",
-        source=f"leadflow/gateway{channel.removeprefix('http:')}",
-        type_=f"lead.activity.{activity_type.value}",
-        time=event_time,
-        subject=identity.key(),
-        data=data,
     )

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from datetime import datetime
 
 PREFIX = "whsec_"
+MAX_TIMESTAMP = 10**12  # seconds: past anything real, and safe to subtract from a float
 
 
 class SignatureError(ValueError):
@@ -67,6 +68,8 @@ def verify(
         timestamp = int(raw_timestamp)
     except ValueError as exc:
         raise SignatureError("webhook-timestamp is not whole seconds since the epoch") from exc
+    if abs(timestamp) > MAX_TIMESTAMP:
+        raise SignatureError("webhook-timestamp is not a time")
     skew = now.timestamp() - timestamp
     if abs(skew) > tolerance_seconds:
         direction = "old" if skew > 0 else "far in the future"

@@ -2,30 +2,32 @@
 clicks, webinars, unsubscribes), mapped to activities by the source's YAML mapping.
 
 Order of checks: known source (404) → size (413) → Standard Webhooks signature and replay
-window (401) → already-accepted `webhook-id` (200, nothing produced) → body readable by the
-mapping (400/422) → broker acknowledgement (503 + Retry-After) → the delivery is recorded and
-the answer is 200. Event ids are `wh:<source>:<webhook-id>:<n>`, so a redelivery that slips
-past the store (two at once, or a store write that failed) is still one event downstream.
+window (401) → a `webhook-id` without control characters (422) → already-accepted `webhook-id`
+(200, nothing produced) → body readable by the mapping (400/422) → broker acknowledgement (503
++ Retry-After) → the delivery is recorded and the answer is 200. Event ids are
+`wh:<source>:<webhook-id>:<n>`, so a redelivery that slips past the store (two at once, or a
+store write that failed) is still one event downstream.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Request
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from schemas.envelope import CloudEvent
-from schemas.events import ActivityData, ActivityType, Identity
-from schemas.registry import ACTIVITY
-from services.codec import envelope
+from schemas.events import ActivityType, Identity
 from services.deps import ContextDep
-from services.errors import ApiError
+from services.errors import ApiError, field_errors
 from services.gateway import bots
-from services.gateway.body import MAX_BATCH_BYTES, parse_json, read_body
+from services.gateway.body import MAX_BATCH_BYTES, parse_json, read_body, shallow
+from services.gateway.clean import activity_event, id_problem
 from services.gateway.mapping import (
     MappedActivity,
     MappingError,
@@ -41,6 +43,17 @@ from services.gateway.stats import count_bots, stats
 from services.settings import Settings
 
 log = logging.getLogger(__name__)
+
+MAX_EVENT_ID_LENGTH = 200  # the envelope's limit
+
+
+def event_id_for(source: str, webhook_id: str, index: int) -> str:
+    """`wh:<source>:<webhook-id>:<n>`; a webhook-id too long for that is replaced by its
+    digest, which is as stable across redeliveries."""
+    event_id = f"wh:{source}:{webhook_id}:{index}"
+    if len(event_id) <= MAX_EVENT_ID_LENGTH:
+        return event_id
+    return f"wh:{source}:{hashlib.sha256(webhook_id.encode()).hexdigest()}:{index}"
 
 
 def webhook_event(
@@ -76,10 +89,13 @@ def webhook_event(
         context["bot_reason"] = reason
     attributes = dict(mapped.attributes)
     attributes.pop("email", None)
-    data = ActivityData(
+    return activity_event(
+        event_id=event_id_for(source, webhook_id, index),
+        source=f"leadflow/gateway/webhooks/{source}",
+        time=event_time,
+        identity=identity,
         activity_type=mapped.activity_type,
         event_name=mapped.event_name,
-        identity=identity,
         properties=mapped.properties,
         attributes=attributes,
         context=context,
@@ -87,22 +103,37 @@ def webhook_event(
         received_at=now,
         is_bot=reason is not None,
     )
-    return envelope(
-        ACTIVITY,
-        event_id=f"wh:{source}:{webhook_id}:{index}",
-        source=f"leadflow/gateway/webhooks/{source}",
-        type_=f"lead.activity.{mapped.activity_type.value}",
-        time=event_time,
-        subject=identity.key(),
-        data=data,
-    )
 
 
 def _payload(request: Request, body: bytes) -> Any:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "application/x-www-form-urlencoded":
-        return parse_form(body)
+        return shallow(parse_form(body))
     return parse_json(body)
+
+
+def _events(
+    source: str, webhook_id: str, mapped: list[MappedActivity], context: ContextDep
+) -> list[CloudEvent[Any]]:
+    now = context.clock.now()
+    try:
+        return [
+            webhook_event(
+                source,
+                webhook_id,
+                index,
+                item,
+                now=now,
+                scanner_seconds=context.settings.email_scanner_seconds,
+            )
+            for index, item in enumerate(mapped)
+        ]
+    except ValidationError as exc:  # values the mapping read that the contract refuses
+        fields = field_errors(exc.errors())
+        names = ", ".join(item["field"] for item in fields)
+        raise ApiError(
+            422, "unmappable_payload", f"the {source} mapping gave invalid {names}", fields=fields
+        ) from exc
 
 
 def configured_sources(settings: Settings) -> dict[str, tuple[WebhookMapping, str]]:
@@ -177,6 +208,14 @@ def build_router(settings: Settings) -> APIRouter:
         except SignatureError as exc:
             stats(request)["webhooks_refused_signature"] += 1
             raise ApiError(401, "invalid_signature", str(exc)) from exc
+        problem = id_problem(webhook_id)
+        if problem is not None:
+            raise ApiError(
+                422,
+                "invalid_request",
+                f"webhook-id {problem}",
+                fields=[{"field": "webhook-id", "message": problem}],
+            )
         if await _already_accepted(context, source, webhook_id):
             stats(request)["webhooks_duplicate"] += 1
             return {"success": True, "duplicate": True}
@@ -190,18 +229,7 @@ def build_router(settings: Settings) -> APIRouter:
                 f"the {source} mapping cannot read: {names}",
                 fields=exc.fields,
             ) from exc
-        now = context.clock.now()
-        events = [
-            webhook_event(
-                source,
-                webhook_id,
-                index,
-                item,
-                now=now,
-                scanner_seconds=context.settings.email_scanner_seconds,
-            )
-            for index, item in enumerate(mapped)
-        ]
+        events = _events(source, webhook_id, mapped, context)
         await publish_activities(context.publisher, events)
         await _record(context, source, webhook_id, len(events))
         count_bots(request, events)
