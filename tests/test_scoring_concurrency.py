@@ -131,9 +131,13 @@ async def run_workers(
     finally:
         for runtime in runtimes:
             await runtime.stop()
-    mqls = await read_topic(configured, LEAD_MQL, expect=10_000, timeout=1.5)
-    # the outbox is at-least-once: count distinct events, as a consumer deduplicating would
-    return await final_state(configured), len({json.loads(record.value)["id"] for record in mqls})
+    records = await read_topic(configured, LEAD_MQL, expect=10_000, timeout=1.5)
+    # the outbox is at-least-once: count distinct events, as a consumer deduplicating would;
+    # the MQLs that stand are those announced and not revoked
+    events = [json.loads(record.value) for record in records]
+    announced = {event["id"] for event in events if event["type"] == "lead.mql"}
+    revoked = {e["data"]["mql_event_id"] for e in events if e["type"] == "lead.mql_revoked"}
+    return await final_state(configured), len(announced - revoked)
 
 
 async def wipe(settings: Settings) -> None:
