@@ -134,9 +134,9 @@ async def run_workers(
     records = await read_topic(configured, LEAD_MQL, expect=10_000, timeout=1.5)
     # the outbox is at-least-once: count distinct events, as a consumer deduplicating would;
     # the MQLs that stand are those announced and not revoked
-    events = [json.loads(record.value) for record in records]
-    announced = {event["id"] for event in events if event["type"] == "lead.mql"}
-    revoked = {e["data"]["mql_event_id"] for e in events if e["type"] == "lead.mql_revoked"}
+    published: list[dict[str, Any]] = [json.loads(record.value) for record in records]
+    announced = {mql["id"] for mql in published if mql["type"] == "lead.mql"}
+    revoked = {e["data"]["mql_event_id"] for e in published if e["type"] == "lead.mql_revoked"}
     return await final_state(configured), len(announced - revoked)
 
 
