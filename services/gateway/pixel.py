@@ -123,7 +123,9 @@ def _locations(error: ValidationError) -> str:
 
 def _reject(request: Request, reason: str) -> None:
     stats(request)["pixel_rejected"] += 1
-    log.info("pixel hit not recorded: %s (query %s)", reason, request.url.query[:500])
+    # parameter names only: values carry the write key and e-mail addresses
+    names = ",".join(sorted(request.query_params.keys()))[:500]
+    log.info("pixel hit not recorded: %s (parameters %s)", reason, names)
 
 
 @router.api_route(
