@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Generic, Literal, TypeVar
+from typing import Generic, Literal, TypeVar
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -31,19 +30,3 @@ class CloudEvent(BaseModel, Generic[DataT]):
     datacontenttype: Literal["application/json"] = "application/json"
     dataschema: str
     data: DataT
-
-
-class RawEnvelope(BaseModel):
-    """The envelope with its data left as a plain mapping; what a consumer parses first."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    specversion: Literal["1.0"]
-    id: str = Field(min_length=1, max_length=200)
-    source: str
-    type: str
-    time: datetime
-    subject: str
-    datacontenttype: str = CONTENT_TYPE
-    dataschema: str
-    data: dict[str, Any]

@@ -1,4 +1,4 @@
-"""Data payloads of every leadflow event type (see DESIGN.md, "Topics")."""
+"""Data payloads of every leadflow event type; `schemas.registry` pairs each with its topic."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, WithJsonSchema
+
+from schemas.lifecycle import LeadStage
 
 
 class _Data(BaseModel):
@@ -97,7 +99,7 @@ class LeadScoredData(_Data):
     fit: float = 0.0
     engagement: float = 0.0
     grade: str | None = None
-    stage: str
+    stage: LeadStage
     mql_cycle: int
     rulebook_version: str
     cause_event_id: str

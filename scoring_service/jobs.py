@@ -29,22 +29,6 @@ log = logging.getLogger(__name__)
 CHUNK = 200
 
 
-def job_view(job: ScoringJob) -> dict[str, Any]:
-    return {
-        "job_id": job.id,
-        "kind": job.kind,
-        "rulebook_version": job.rulebook_version,
-        "status": job.status,
-        "total": job.total,
-        "done": job.done,
-        "progress": round(job.done / job.total, 4) if job.total else 1.0,
-        "result": job.result,
-        "error": job.error,
-        "created_at": job.created_at.isoformat(),
-        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
-    }
-
-
 class Reapplier:
     def __init__(
         self, sessions: async_sessionmaker[AsyncSession], applier: ActivityApplier, clock: Clock

@@ -1,7 +1,7 @@
 """Keeps a lead's owner and stage in step with handoff's `lead.assigned` and `lead.status`.
 
-Stages: lead -> mql -> (handoff) sal or rejected -> sql -> ... A recycled lead returns to
-nurture, its engagement treated per the rulebook's recycle policy, and can qualify again in
+The stages and how a rep's action moves a lead are schemas.lifecycle's. A recycled lead returns
+to nurture, its engagement treated per the rulebook's recycle policy, and can qualify again in
 a new cycle.
 """
 
@@ -13,23 +13,17 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from schemas.envelope import CloudEvent
 from schemas.events import LeadAssignedData, LeadStatusData
+from schemas.lifecycle import StageEvent, next_stage
 from schemas.topics import LEAD_ASSIGNED, LEAD_STATUS
 from scoring_service import store
-from scoring_service.consumer import ActivityApplier, standing_mql
+from scoring_service.consumer import ActivityApplier
+from scoring_service.leads import standing_mql
 from scoring_service.models import Lead
 from services.clock import Clock
 from services.codec import PoisonRecord, decode
 from services.runner import ConsumerSpec
 
 LifecycleEvent = CloudEvent[LeadAssignedData] | CloudEvent[LeadStatusData]
-
-STAGE_FOR_STATUS = {
-    "accepted": "sal",
-    "rejected": "rejected",
-    "contacted": None,
-    "converted": "sql",
-    "recycled": "nurture",  # through ActivityApplier.recycle
-}
 
 
 def parse_lifecycle(topic: str, value: bytes | None) -> LifecycleEvent:
@@ -65,10 +59,10 @@ class LifecycleApplier:
                     continue
                 lead.owner_rep_id = event.data.rep_id
                 lead.owner_name = event.data.rep_name
-            elif event.data.status == "recycled":
+            elif (action := StageEvent(event.data.status)) is StageEvent.RECYCLED:
                 await self._scoring.recycle(session, lead, event.data.at, cause=event.id)
-            elif (stage := STAGE_FOR_STATUS[event.data.status]) is not None:
-                lead.stage = stage
+            else:
+                lead.stage = next_stage(lead.stage, action)
             lead.updated_at = self._clock.now()
 
 

@@ -6,9 +6,26 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
 
+from schemas.lifecycle import LeadStage
 from services.db import Base, UTCDateTime
+
+
+class StageColumn(TypeDecorator[LeadStage]):
+    """A lead's stage: text in the database (no migration, no database enum to alter when a
+    stage is added), `LeadStage` in the code."""
+
+    impl = String(32)
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        return None if value is None else LeadStage(value).value
+
+    def process_result_value(self, value: str | None, dialect: Dialect) -> LeadStage | None:
+        return None if value is None else LeadStage(value)
 
 
 class Lead(Base):
@@ -17,7 +34,7 @@ class Lead(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     email: Mapped[str | None] = mapped_column(String(320), index=True)
     score: Mapped[float] = mapped_column(Float, default=0.0)
-    stage: Mapped[str] = mapped_column(String(32), default="lead")
+    stage: Mapped[LeadStage] = mapped_column(StageColumn(), default=LeadStage.LEAD)
     mql_cycle: Mapped[int] = mapped_column(Integer, default=0)
     qualified_in_cycle: Mapped[bool] = mapped_column(default=False)
     owner_rep_id: Mapped[str | None] = mapped_column(String(100))

@@ -10,7 +10,8 @@ A rulebook is one YAML file (see `examples/rulebook.yaml`) with five kinds of ru
 
 This module only describes and validates; `scoring_service.engine` folds activities through
 it. Conditions are compiled once, when the rulebook is loaded, into plain closures, because
-matching runs for every activity on the hot path.
+matching runs for every activity on the hot path. The conditions on values (`if:` blocks,
+`fields`) are the shared vocabulary of `services.conditions`, which routing rules use too.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
-import math
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -27,300 +27,51 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-import re2
 import yaml
 from pydantic import (
     AfterValidator,
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
     PrivateAttr,
-    ValidationError,
     model_validator,
 )
 
 from schemas.events import ActivityData, ActivityType
+from services.conditions import (
+    AttributesCheck,
+    Conditions,
+    Regex,
+    StrictModel,
+    Texts,
+    TextSearch,
+    all_conditions,
+    as_number,
+    contains_any,
+    value_key,
+    with_derived,
+)
+from services.conditions import Condition as Condition
+from services.conditions import compile_regex as compile_regex
+from services.conditions import timeline_months as timeline_months
+from services.located_yaml import (
+    ConfigFileError,
+    Loc,
+    located_error,
+    parse_document,
+    placed,
+    printable,
+    validate_document,
+)
+from services.located_yaml import Problem as Problem
 
 
-class RulebookError(ValueError):
+class RulebookError(ConfigFileError):
     """A rulebook that cannot be used; the message names the file, the line and the field."""
 
-    def __init__(self, message: str, problems: Sequence[Problem] = ()) -> None:
-        super().__init__(message)
-        self.problems = tuple(problems)
 
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with a rulebook; `line` is 1-based, None when the source has no lines."""
-
-    field: str
-    message: str
-    line: int | None = None
-
-
-# --- conditions on values -------------------------------------------------------------------
-
-Check = Callable[[Any], bool]
 T = TypeVar("T")
 FitGrade = Literal["A", "B", "C", "D"]
 FIT_GRADES: tuple[FitGrade, ...] = ("A", "B", "C", "D")
-
-
-def _scalar(value: Any) -> Any:
-    if isinstance(value, str | int | float | bool):
-        return value
-    raise ValueError("expected a text, number or true/false value")
-
-
-Scalar = Annotated[Any, AfterValidator(_scalar)]
-
-
-def _as_tuple(value: Any) -> Any:
-    """Lets a person write one value where a list is allowed: `form: demo-request`."""
-    return (value,) if isinstance(value, str | int | float | bool) else value
-
-
-Texts = Annotated[tuple[str, ...], BeforeValidator(_as_tuple)]
-
-
-TextSearch = Callable[[str], bool]
-
-
-def _re2_options() -> re2.Options:
-    options = re2.Options()
-    options.case_sensitive = False
-    options.never_capture = True  # only whether a pattern is found matters
-    options.log_errors = False  # a refused pattern is reported with its field, not on stderr
-    return options
-
-
-_RE2_OPTIONS = _re2_options()
-
-
-def compile_regex(pattern: str) -> TextSearch:
-    """A rulebook regular expression, RE2 syntax and without case, as `found(text)`.
-
-    RE2 runs in time linear in the text whatever the pattern, so a rule such as
-    `^(a+)+$` cannot stall scoring as it would with backtracking (Python's `re`). What only
-    backtracking can do (backreferences, lookaround) is refused when the rulebook is read.
-    """
-    try:
-        search = re2.compile(pattern, _RE2_OPTIONS).search
-    except re2.error as exc:
-        raise ValueError(
-            "not a valid regular expression (RE2 syntax: no backreferences or lookaround): "
-            + _re2_reason(exc)
-        ) from exc
-
-    def found(text: str) -> bool:
-        # bytes: RE2 needs no offsets back in characters; a lone surrogate (valid in JSON)
-        # passes as bytes that match no character instead of failing to encode
-        return search(text.encode("utf-8", "surrogatepass")) is not None
-
-    return found
-
-
-def _re2_reason(exc: Exception) -> str:
-    reason = exc.args[0] if exc.args else exc
-    return reason.decode("utf-8", "replace") if isinstance(reason, bytes) else str(reason)
-
-
-def _regex(pattern: str | None) -> str | None:
-    if pattern is not None:
-        compile_regex(pattern)
-    return pattern
-
-
-Regex = Annotated[str, AfterValidator(_regex)]
-
-
-def value_key(value: Any) -> tuple[str, Any] | None:
-    """How two values compare for `equals`/`in`: text ignores case and surrounding spaces."""
-    if isinstance(value, bool):
-        return ("b", value)
-    if isinstance(value, int | float):
-        return ("n", float(value))
-    if isinstance(value, str):
-        return ("s", value.strip().casefold())
-    return None
-
-
-def as_number(value: Any) -> float | None:
-    """A number, also from form text such as "1,200"; None for anything else."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, str):
-        try:
-            number = float(value.strip().replace(",", "").replace("_", ""))
-        except ValueError:
-            return None
-        return number if math.isfinite(number) else None
-    return None
-
-
-def is_present(value: Any) -> bool:
-    if value is None:
-        return False
-    if isinstance(value, str):
-        return bool(value.strip())
-    if isinstance(value, list | dict | tuple):
-        return bool(value)
-    return True
-
-
-_TIMELINE = re.compile(
-    r"(?P<low>\d+(?:\.\d+)?)\s*(?:(?:-|\u2013|\u2014|to)\s*(?P<high>\d+(?:\.\d+)?))?\s*"
-    r"(?P<unit>day|week|month|quarter|year|yr|mo)s?\b"
-)
-_TIMELINE_NOW = ("now", "immediately", "asap", "today", "this week", "this month")
-_TIMELINE_OPEN = re.compile(r"\+|more than|over|longer than|>|after|not sure|no plan|unknown")
-_MONTHS_PER = {"day": 1 / 30, "week": 7 / 30, "month": 1.0, "mo": 1.0, "quarter": 3.0}
-
-
-def timeline_months(value: Any) -> float | None:
-    """The latest month a stated purchase timeline reaches, e.g. "3-6 months" -> 6.
-
-    Numbers are months. Text like "0-3 months", "within 2 quarters", "1 year" or "immediately"
-    is understood; open-ended or unclear answers ("6+ months", "not sure") give None.
-    """
-    number = as_number(value)
-    if number is not None:
-        return number
-    if not isinstance(value, str):
-        return None
-    text = value.strip().casefold()
-    if any(word in text for word in _TIMELINE_NOW):
-        return 0.0
-    if _TIMELINE_OPEN.search(text):
-        return None
-    found = _TIMELINE.search(text)
-    if found is None:
-        return None
-    high = float(found["high"] or found["low"])
-    unit = found["unit"]
-    return high * (12.0 if unit in ("year", "yr") else _MONTHS_PER[unit])
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-
-class Condition(_Strict):
-    """Tests on one value; every test given must hold.
-
-    Shorthand: a plain value means `equals`, a list means `in`. Text compares without case.
-    A missing or empty value satisfies only `present: false`.
-    """
-
-    equals: Scalar | None = None
-    in_: tuple[Scalar, ...] | None = Field(default=None, alias="in")
-    not_in: tuple[Scalar, ...] | None = None
-    min: float | None = None
-    max: float | None = None
-    contains: Texts | None = None
-    matches: Regex | None = None
-    present: bool | None = None
-    within_months: float | None = Field(default=None, ge=0)
-
-    _holds: Check = PrivateAttr()
-
-    @model_validator(mode="before")
-    @classmethod
-    def _shorthand(cls, data: Any) -> Any:
-        if isinstance(data, list | tuple):
-            return {"in": data}
-        if isinstance(data, str | int | float | bool):
-            return {"equals": data}
-        return data
-
-    @model_validator(mode="after")
-    def _coherent(self) -> Condition:
-        if not self.model_fields_set:
-            raise ValueError(
-                "give at least one test: equals, in, not_in, min, max, contains, matches, "
-                "present or within_months"
-            )
-        if self.min is not None and self.max is not None and self.min > self.max:
-            raise ValueError("min must not be above max")
-        return self
-
-    def model_post_init(self, context: Any, /) -> None:
-        self._holds = _all_of_value(self.present, tuple(self._build_checks()))
-
-    def predicate(self) -> Check:
-        return self._holds
-
-    def holds(self, value: Any) -> bool:
-        return self._holds(value)
-
-    def _build_checks(self) -> Iterator[Check]:
-        if self.equals is not None:
-            wanted = value_key(self.equals)
-            yield lambda value: value_key(value) == wanted
-        if self.in_ is not None:
-            allowed = frozenset(value_key(item) for item in self.in_)
-            yield lambda value: value_key(value) in allowed
-        if self.not_in is not None:
-            refused = frozenset(value_key(item) for item in self.not_in)
-            yield lambda value: value_key(value) not in refused
-        yield from self._number_checks()
-        if self.contains is not None:
-            needles = tuple(needle.casefold() for needle in self.contains)
-            yield lambda value: isinstance(value, str) and _contains_any(value, needles)
-        if self.matches is not None:
-            found = compile_regex(self.matches)
-            yield lambda value: isinstance(value, str) and found(value)
-        if self.within_months is not None:
-            limit = self.within_months
-            yield lambda value: (months := timeline_months(value)) is not None and months <= limit
-
-    def _number_checks(self) -> Iterator[Check]:
-        low, high = self.min, self.max
-        if low is not None:
-            yield lambda value: (number := as_number(value)) is not None and number >= low
-        if high is not None:
-            yield lambda value: (number := as_number(value)) is not None and number <= high
-
-
-def _all_of_value(wanted_presence: bool | None, checks: tuple[Check, ...]) -> Check:
-    def holds(value: Any) -> bool:
-        present = is_present(value)
-        if wanted_presence is not None and present != wanted_presence:
-            return False
-        if not present:
-            return not checks
-        return all(check(value) for check in checks)
-
-    return holds
-
-
-def _contains_any(text: str, needles: tuple[str, ...]) -> bool:
-    folded = text.casefold()
-    return any(needle in folded for needle in needles)
-
-
-Conditions = dict[str, Condition]
-
-
-AttributesCheck = Callable[[Mapping[str, Any]], bool]
-
-
-def all_conditions(conditions: Mapping[str, Condition]) -> AttributesCheck:
-    """One predicate over a mapping of values: every named value meets its condition."""
-    pairs = tuple((name, condition.predicate()) for name, condition in conditions.items())
-
-    def holds(values: Mapping[str, Any]) -> bool:
-        # a loop rather than all(<generator>): this runs per rule per activity
-        for name, check in pairs:  # noqa: SIM110
-            if not check(values.get(name)):
-                return False
-        return True
-
-    return holds
 
 
 # --- conditions on activities ---------------------------------------------------------------
@@ -358,7 +109,7 @@ def _content_name(activity: ActivityData) -> Any:
     return None
 
 
-class ActivityMatch(_Strict):
+class ActivityMatch(StrictModel):
     """What one activity must look like; every condition given must hold.
 
     `new_session_after_minutes` matches a page view that comes at least that long after the
@@ -437,7 +188,7 @@ class ActivityMatch(_Strict):
             needles = tuple(needle.casefold() for needle in self.url_contains)
             yield (
                 lambda activity, _gap: (
-                    (u := activity_url(activity)) is not None and (_contains_any(u, needles))
+                    (u := activity_url(activity)) is not None and (contains_any(u, needles))
                 )
             )
         if self.url is not None:
@@ -500,21 +251,10 @@ def _new_session(minutes: float) -> ActivityCheck:
 
 # --- rules ----------------------------------------------------------------------------------
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+RuleName = Annotated[str, Field(min_length=1, max_length=100), AfterValidator(printable)]
 
 
-def _printable(value: str) -> str:
-    """Names and versions become ids, keys and database text: no NUL or control character."""
-    found = _CONTROL.search(value)
-    if found:
-        raise ValueError(f"must not contain control characters (found U+{ord(found[0]):04X})")
-    return value
-
-
-RuleName = Annotated[str, Field(min_length=1, max_length=100), AfterValidator(_printable)]
-
-
-class _ActivityRule(_Strict):
+class _ActivityRule(StrictModel):
     name: RuleName
     when: ActivityMatch
     unless: ActivityMatch | None = None
@@ -532,7 +272,7 @@ class _ActivityRule(_Strict):
         return self.predicate()(activity, gap_minutes)
 
 
-class Cap(_Strict):
+class Cap(StrictModel):
     """Limits on one engagement rule so repeating an action cannot farm points.
 
     Days and ISO weeks are calendar periods in UTC of the activity's event time. Point caps
@@ -562,13 +302,13 @@ class Trigger(_ActivityRule):
     """An activity that qualifies the lead at once, whatever the score."""
 
 
-class FitRule(_Strict):
+class FitRule(StrictModel):
     name: RuleName
     if_: Conditions = Field(alias="if", min_length=1)
     points: float
 
 
-class Disqualifier(_Strict):
+class Disqualifier(StrictModel):
     """Attributes that block qualification (also by trigger), whatever the score."""
 
     name: RuleName
@@ -578,7 +318,7 @@ class Disqualifier(_Strict):
 # --- scores to grades and qualification -----------------------------------------------------
 
 
-class FitBands(_Strict):
+class FitBands(StrictModel):
     """The lowest fit score for each letter; below C is D. A is the best fit."""
 
     A: float = 60
@@ -599,7 +339,7 @@ class FitBands(_Strict):
         return "C" if fit >= self.C else "D"
 
 
-class EngagementBands(_Strict):
+class EngagementBands(StrictModel):
     """The lowest engagement score for each digit; below 3 is 4. 1 is the most engaged."""
 
     one: float = Field(default=100, alias="1")
@@ -625,14 +365,14 @@ class EngagementBands(_Strict):
         return 3 if engagement >= self.three else 4
 
 
-class Grades(_Strict):
+class Grades(StrictModel):
     """A grade such as "A1" is fit letter + engagement digit; "A1" is the best lead."""
 
     fit: FitBands = FitBands()
     engagement: EngagementBands = EngagementBands()
 
 
-class Mql(_Strict):
+class Mql(StrictModel):
     threshold: float = Field(gt=0)
     min_fit_grade: FitGrade | None = None
 
@@ -642,7 +382,7 @@ class Mql(_Strict):
         return FIT_GRADES.index(grade) <= FIT_GRADES.index(self.min_fit_grade)
 
 
-class Decay(_Strict):
+class Decay(StrictModel):
     """How engagement fades, in event time: halving every `half_life_days`, and/or points
     that stop counting `expire_after_days` after the activity. Neither is required."""
 
@@ -665,9 +405,9 @@ def _text(value: Any) -> Any:
     return str(value) if isinstance(value, int | float | date) else value
 
 
-class Rulebook(_Strict):
+class Rulebook(StrictModel):
     version: Annotated[
-        str, BeforeValidator(_text), Field(min_length=1, max_length=100), AfterValidator(_printable)
+        str, BeforeValidator(_text), Field(min_length=1, max_length=100), AfterValidator(printable)
     ]
     description: str | None = None
     mql: Mql
@@ -779,14 +519,6 @@ def _for_type(rules: Sequence[tuple[ActivityType | None, T]], kind: ActivityType
     return tuple(rule for only, rule in rules if only is None or only == kind)
 
 
-def with_derived(attributes: Mapping[str, Any]) -> Mapping[str, Any]:
-    """Adds `email_domain` (from `email`) unless the attributes already carry one."""
-    email = attributes.get("email")
-    if "email_domain" in attributes or not isinstance(email, str) or "@" not in email:
-        return attributes
-    return {**attributes, "email_domain": email.rsplit("@", 1)[1].strip().lower()}
-
-
 # --- loading, with errors that point at a line ----------------------------------------------
 
 
@@ -796,12 +528,7 @@ def rulebook_from_document(document: Any, *, origin: str = "rulebook") -> Rulebo
 
 
 def parse_rulebook_text(text: str, origin: str = "rulebook.yaml") -> Rulebook:
-    root, document = _compose(text, origin)
-    if document is None:
-        raise RulebookError(f"{origin}: the rulebook is empty")
-    duplicates = list(_duplicate_keys(root, ()))
-    if duplicates:
-        raise _error(origin, duplicates)
+    root, document = parse_document(text, origin, what="rulebook", error=RulebookError)
     return _validated(document, origin=origin, root=root)
 
 
@@ -816,59 +543,14 @@ def load_rulebook(path: Path) -> Rulebook:
     return parse_rulebook_text(read_rulebook_text(path), str(path))
 
 
-Loc = tuple[int | str, ...]
-
-
-def _compose(text: str, origin: str) -> tuple[yaml.Node | None, Any]:
-    loader = yaml.SafeLoader(text)
-    try:
-        root = loader.get_single_node()
-        return root, None if root is None else loader.construct_document(root)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise RulebookError(f"{origin}{where}: not valid YAML: {exc.problem}") from exc
-    except yaml.YAMLError as exc:
-        raise RulebookError(f"{origin}: not valid YAML: {exc}") from exc
-    finally:
-        loader.dispose()
-
-
-def _duplicate_keys(node: yaml.Node | None, loc: Loc) -> Iterator[Problem]:
-    """PyYAML keeps the last of two equal keys silently; a person meant one of them."""
-    if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
-        for key, value in node.value:
-            name = str(key.value)
-            if name in seen:
-                yield Problem(field_path((*loc, name)), f"'{name}' is given twice", _line(key))
-            seen.add(name)
-            yield from _duplicate_keys(value, (*loc, name))
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            yield from _duplicate_keys(item, (*loc, index))
-
-
-def _line(node: yaml.Node) -> int:
-    return int(node.start_mark.line) + 1
-
-
 def _validated(document: Any, *, origin: str, root: yaml.Node | None) -> Rulebook:
-    try:
-        rulebook = Rulebook.model_validate(document)
-    except ValidationError as exc:
-        problems = [
-            _placed(root, tuple(error["loc"]), _message(error["msg"])) for error in exc.errors()
-        ]
-        raise _error(origin, problems) from exc
+    rulebook = validate_document(Rulebook, document, origin=origin, root=root, error=RulebookError)
     clashes = list(_name_clashes(rulebook))
     if clashes:
-        raise _error(origin, [_placed(root, loc, message) for loc, message in clashes])
+        raise located_error(
+            RulebookError, origin, [placed(root, loc, message) for loc, message in clashes]
+        )
     return rulebook
-
-
-def _message(text: str) -> str:
-    return text.removeprefix("Value error, ")
 
 
 def _name_clashes(rulebook: Rulebook) -> Iterator[tuple[Loc, str]]:
@@ -890,47 +572,3 @@ def _name_clashes(rulebook: Rulebook) -> Iterator[tuple[Loc, str]]:
                 )
             else:
                 first[rule.name] = here
-
-
-def _placed(root: yaml.Node | None, loc: Loc, message: str) -> Problem:
-    return Problem(field=field_path(loc), message=message, line=_line_of(root, loc))
-
-
-def field_path(loc: Loc) -> str:
-    """`("engagement", 2, "when")` -> `engagement[2].when`."""
-    text = ""
-    for part in loc:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text or "(top level)"
-
-
-def _line_of(root: yaml.Node | None, loc: Loc) -> int | None:
-    """The line of the deepest node on `loc` that exists in the file (1-based)."""
-    if root is None:
-        return None
-    node, line = root, root.start_mark.line
-    for part in loc:
-        child = _child(node, part)
-        if child is None:
-            break
-        line, node = child
-    return line + 1
-
-
-def _child(node: yaml.Node, part: int | str) -> tuple[int, yaml.Node] | None:
-    if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            if str(key.value) == str(part):
-                return key.start_mark.line, value
-    elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-        item = node.value[part]
-        return item.start_mark.line, item
-    return None
-
-
-def _error(origin: str, problems: Sequence[Problem]) -> RulebookError:
-    def where(problem: Problem) -> str:
-        return origin if problem.line is None else f"{origin} line {problem.line}"
-
-    lines = [f"{where(problem)}: {problem.field}: {problem.message}" for problem in problems]
-    return RulebookError("\n".join(lines), problems)

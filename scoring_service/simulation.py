@@ -6,7 +6,6 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 from scoring_service import engine
 from scoring_service.engine import ActivityRecord
@@ -34,14 +33,6 @@ class Tally:
         self.by_grade.update(other.by_grade)
         self.by_source.update(other.by_source)
         self.by_reason.update(other.by_reason)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "mqls": self.mqls,
-            "by_grade": dict(sorted(self.by_grade.items())),
-            "by_source": dict(sorted(self.by_source.items())),
-            "by_reason": dict(sorted(self.by_reason.items())),
-        }
 
 
 def first_qualification(

@@ -1,4 +1,5 @@
-"""Batch reads and writes of scoring's tables, kept apart from the scoring decisions."""
+"""Reads and writes of scoring's tables, kept apart from the scoring decisions: the batch
+statements of the consumers, and the queries of the leads and rulebooks API."""
 
 from __future__ import annotations
 
@@ -12,8 +13,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from schemas.envelope import CloudEvent
 from schemas.events import ActivityData
+from schemas.lifecycle import LeadStage
 from scoring_service.engine import ActivityRecord, LedgerLine
-from scoring_service.models import Activity, Lead, LeadIdentity, LedgerEntry
+from scoring_service.models import (
+    Activity,
+    Lead,
+    LeadIdentity,
+    LedgerEntry,
+    ScoringJob,
+    StoredRulebook,
+)
 from services.db import among, bulk_insert, update_rows
 
 
@@ -263,3 +272,88 @@ async def resolve_merged(session: AsyncSession, lead_id: str) -> Lead | None:
     if lead is not None and lead.merged_into:
         return await session.get(Lead, lead.merged_into)
     return lead
+
+
+# --- the API's queries --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LeadFilter:
+    """What `GET /leads` asks for; None is no condition."""
+
+    email: str | None = None
+    stage: LeadStage | None = None
+    grade: str | None = None
+    """A fit grade (`B`: B1 to B4) or a grade (`B2`)."""
+    min_score: float | None = None
+    max_score: float | None = None
+    updated_since: datetime | None = None
+
+
+async def find_leads(
+    session: AsyncSession, where: LeadFilter, *, offset: int, limit: int
+) -> list[Lead]:
+    """Live leads (not merged away) matching `where`, most recently changed first."""
+    query = select(Lead).where(Lead.merged_into.is_(None))
+    if where.email is not None:
+        owner = select(LeadIdentity.lead_id).where(
+            LeadIdentity.key == f"email:{where.email.lower()}"
+        )
+        query = query.where(Lead.id.in_(owner))
+    if where.stage is not None:
+        query = query.where(Lead.stage == where.stage)
+    if where.grade is not None:
+        grade = where.grade
+        query = query.where(
+            Lead.grade.startswith(grade) if len(grade) == 1 else Lead.grade == grade
+        )
+    if where.min_score is not None:
+        query = query.where(Lead.score >= where.min_score)
+    if where.max_score is not None:
+        query = query.where(Lead.score <= where.max_score)
+    if where.updated_since is not None:
+        query = query.where(Lead.updated_at >= where.updated_since)
+    query = query.order_by(Lead.updated_at.desc(), Lead.id).offset(offset).limit(limit)
+    return list((await session.scalars(query)).all())
+
+
+async def identities_of(session: AsyncSession, lead_ids: Sequence[str]) -> dict[str, list[str]]:
+    """Each lead's identity keys, sorted (by code point, as Python sorts: not by the
+    database's collation)."""
+    if not lead_ids:
+        return {}
+    rows = await session.execute(
+        select(LeadIdentity.lead_id, LeadIdentity.key).where(
+            among(session, LeadIdentity.lead_id, sorted(set(lead_ids)))
+        )
+    )
+    keys: dict[str, list[str]] = {lead_id: [] for lead_id in lead_ids}
+    for lead_id, key in rows:
+        keys[lead_id].append(key)
+    return {lead_id: sorted(found) for lead_id, found in keys.items()}
+
+
+async def ledger_of(session: AsyncSession, lead_id: str) -> list[LedgerEntry]:
+    """A lead's ledger in event-time order."""
+    rows = await session.scalars(
+        select(LedgerEntry)
+        .where(LedgerEntry.lead_id == lead_id)
+        .order_by(LedgerEntry.event_time, LedgerEntry.id)
+    )
+    return list(rows.all())
+
+
+async def stored_rulebooks(session: AsyncSession) -> list[StoredRulebook]:
+    """Every stored rulebook version, oldest first."""
+    rows = await session.scalars(
+        select(StoredRulebook).order_by(StoredRulebook.created_at, StoredRulebook.version)
+    )
+    return list(rows.all())
+
+
+async def stored_rulebook(session: AsyncSession, version: str) -> StoredRulebook | None:
+    return await session.get(StoredRulebook, version)
+
+
+async def job(session: AsyncSession, job_id: str) -> ScoringJob | None:
+    return await session.get(ScoringJob, job_id)

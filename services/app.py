@@ -5,9 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from fastapi import APIRouter, FastAPI
+from pydantic import BaseModel, Field
 
 from services.context import AppContext
 from services.errors import install_error_handlers
+
+
+class Health(BaseModel):
+    status: str = Field(description="`ok` while the process serves")
+    parts: list[str] = Field(description="The parts this process runs: gateway, scoring, …")
 
 
 def create_app(
@@ -22,8 +28,8 @@ def create_app(
     install_error_handlers(app)
 
     @app.get("/healthz", tags=["ops"], summary="Liveness, and which parts this process runs")
-    async def health() -> dict[str, object]:
-        return {"status": "ok", "parts": list(parts)}
+    async def health() -> Health:
+        return Health(status="ok", parts=list(parts))
 
     for router in routers:
         app.include_router(router)

@@ -10,7 +10,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.clock import Clock
 from services.context import AppContext
-from services.settings import Settings
 
 
 def get_context(request: Request) -> AppContext:
@@ -19,10 +18,6 @@ def get_context(request: Request) -> AppContext:
 
 
 ContextDep = Annotated[AppContext, Depends(get_context)]
-
-
-def get_settings(context: ContextDep) -> Settings:
-    return context.settings
 
 
 def get_clock(context: ContextDep) -> Clock:
@@ -34,6 +29,5 @@ async def get_session(context: ContextDep) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 ClockDep = Annotated[Clock, Depends(get_clock)]
 SessionDep = Annotated[AsyncSession, Depends(get_session)]

@@ -1,4 +1,5 @@
-"""One JSON error shape for every 4xx/5xx the HTTP API gives."""
+"""One JSON error shape for every 4xx/5xx the HTTP API gives (`ErrorBody`), and its
+declaration in the OpenAPI document (`error_responses`)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,50 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+
+class FieldError(BaseModel):
+    field: str = Field(description="Where: `email`, `batch.3.userId`, `(body)`.")
+    message: str
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(
+        description="What went wrong, for programs: `invalid_request`, `unauthorized`, "
+        "`forbidden`, `not_found`, `version_exists`, `payload_too_large`, …"
+    )
+    message: str = Field(description="What went wrong, for people.")
+    fields: list[FieldError] = Field(
+        default_factory=list, description="The fields at fault; absent when none is."
+    )
+
+
+class ErrorBody(BaseModel):
+    """The one error shape of the HTTP API."""
+
+    error: ErrorDetail
+
+
+ERROR_DESCRIPTIONS = {
+    400: "The body cannot be read",
+    401: "The key is missing, unknown or revoked",
+    403: "The key's role is too small for this",
+    404: "Not found",
+    409: "Conflicts with what is stored",
+    413: "The body is too large",
+    422: "A field, parameter or body is invalid; `fields` names each",
+    503: "The broker did not acknowledge in time: retry (`Retry-After`)",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The `responses` of a route that may answer these statuses, each with the error shape."""
+    return {
+        status: {"model": ErrorBody, "description": ERROR_DESCRIPTIONS[status]}
+        for status in statuses
+    }
 
 
 class ApiError(Exception):
@@ -48,10 +91,12 @@ def invalid(exc: ValidationError | RequestValidationError) -> ApiError:
 
 
 def error_body(error: ApiError) -> dict[str, Any]:
-    body: dict[str, Any] = {"code": error.code, "message": error.message}
-    if error.fields:
-        body["fields"] = error.fields
-    return {"error": body}
+    detail = ErrorDetail(
+        code=error.code,
+        message=error.message,
+        fields=[FieldError.model_validate(field) for field in error.fields],
+    )
+    return ErrorBody(error=detail).model_dump(mode="json", exclude_defaults=True)
 
 
 def install_error_handlers(app: FastAPI) -> None:

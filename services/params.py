@@ -15,10 +15,11 @@ from fastapi import Path, Query
 from pydantic import AfterValidator, AwareDatetime
 from pydantic_core import PydanticCustomError
 
+from schemas.lifecycle import LeadStage
+
 LEAD_ID_LENGTH = 64
 JOB_ID_LENGTH = 64
 RULEBOOK_VERSION_LENGTH = 100
-STAGE_LENGTH = 32
 MAX_OFFSET = 1_000_000_000
 MAX_PAGE = 500
 
@@ -67,6 +68,6 @@ RulebookVersion = Annotated[
 
 Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description="Leads to skip")]
 Limit = Annotated[int, Query(ge=1, le=MAX_PAGE, description="Most leads in one page")]
-Stage = Annotated[Printable | None, Query(max_length=STAGE_LENGTH, description="e.g. mql")]
+Stage = Annotated[LeadStage | None, Query(description="A lead stage; any other value is a 422")]
 Score = Annotated[float | None, Query(allow_inf_nan=False)]
 Since = Annotated[Instant | None, Query(description="RFC 3339 time with an offset")]

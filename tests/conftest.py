@@ -12,13 +12,13 @@ import asyncpg
 import httpx
 import pytest
 
-from services.auth import register_key
+from services.api_keys import register_key
 from services.broker import EmbeddedBroker
 from services.bus import ensure_topics
 from services.clock import ManualClock
 from services.db import create_engine, session_factory
-from services.migrate import upgrade
-from services.runtime import PART_NAMES, Runtime
+from services.launch.migrate import upgrade
+from services.launch.runtime import PART_NAMES, Runtime
 from services.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,10 +16,9 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import Row
 
-from schemas.events import ActivityData, ActivityType, Identity
-from schemas.registry import ACTIVITY
+from schemas.events import ActivityType, Identity
 from scoring_service.models import Lead
-from services.codec import envelope
+from services.gateway.clean import activity_event
 
 START = datetime(2026, 11, 16, 8, tzinfo=UTC)
 INDUSTRIES = ("software", "fintech", "retail", "healthcare technology", "education")
@@ -38,23 +37,18 @@ class StreamEvent:
 
     def encoded(self) -> tuple[bytes, bytes]:
         """(Kafka key, CloudEvent JSON) as the gateway would produce them."""
-        data = ActivityData(
-            activity_type=self.kind,
-            event_name=self.kind.value,
-            identity=self.identity,
-            properties=self.properties,
-            attributes=self.attributes,
-            channel="test:stream",
-            received_at=self.time,
-        )
-        event = envelope(
-            ACTIVITY,
+        event = activity_event(
             event_id=self.event_id,
             source="test/stream",
-            type_=f"lead.activity.{self.kind.value}",
             time=self.time,
-            subject=self.identity.key(),
-            data=data,
+            identity=self.identity,
+            activity_type=self.kind,
+            event_name=self.kind.value,
+            properties=self.properties,
+            attributes=self.attributes,
+            context={},
+            channel="test:stream",
+            received_at=self.time,
         )
         return self.identity.key().encode(), event.model_dump_json().encode()
 

@@ -28,7 +28,7 @@ from fastapi.responses import HTMLResponse
 from schemas.topics import LEAD_ACTIVITY
 from services.broker import EmbeddedBroker
 from services.clock import ManualClock
-from services.runtime import Runtime
+from services.launch.runtime import Runtime
 from tests.conftest import WRITE_KEY
 from tests.support import read_topic, serving, values
 from tests.test_gateway_http import gateway_settings, running_gateway

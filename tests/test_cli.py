@@ -18,7 +18,7 @@ import httpx
 
 from schemas.topics import LEAD_MQL
 from services.broker import EmbeddedBroker, free_port
-from services.migrate import head_revisions
+from services.launch.migrate import head_revisions
 from services.settings import Settings
 from tests.conftest import POSTGRES_URL, ROOT, _reset_postgres
 from tests.support import eventually, read_topic, values
@@ -34,7 +34,7 @@ DEMO = {
 
 def leadflow(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "services.cli", *args],
+        [sys.executable, "-m", "services.launch.cli", *args],
         cwd=ROOT,
         text=True,
         stdout=subprocess.PIPE,

@@ -14,8 +14,8 @@ from aiokafka import TopicPartition
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from schemas.events import ActivityData, ActivityType, Identity, LeadScoredData
-from schemas.registry import ACTIVITY, SCORED
+from schemas.events import ActivityType, Identity, LeadScoredData
+from schemas.registry import SCORED
 from schemas.topics import LEAD_ACTIVITY, LEAD_ACTIVITY_DLQ, LEAD_SCORED
 from scoring_service.consumer import ActivityApplier, IncomingActivity
 from scoring_service.identity import lead_id_for
@@ -23,33 +23,29 @@ from scoring_service.models import Activity, Lead, LedgerEntry
 from scoring_service.rulebooks import RulebookCache, install_configured
 from services.bus import Publisher, make_consumer
 from services.clock import ManualClock, SystemClock
-from services.codec import envelope
 from services.db import create_engine, session_factory
+from services.gateway.clean import activity_event
+from services.launch.runtime import Runtime
 from services.models import ProcessedEvent
 from services.outbox import Emitter, OutboxRelay, write_pending
 from services.runner import DLQ_REASON_HEADER, ConsumerRunner
-from services.runtime import Runtime
 from services.settings import Settings
 from tests.support import eventually, produce, read_topic, values
 
 
 def activity(event_id: str, user: str, url: str = "https://example.com/pricing") -> bytes:
-    data = ActivityData(
-        activity_type=ActivityType.PAGE_VIEW,
-        event_name="page_view",
-        identity=Identity(user_id=user),
-        properties={"url": url},
-        channel="test",
-        received_at=datetime(2026, 11, 23, 15, tzinfo=UTC),
-    )
-    event = envelope(
-        ACTIVITY,
+    event = activity_event(
         event_id=event_id,
         source="test",
-        type_="lead.activity.page_view",
         time=datetime(2026, 11, 23, 15, tzinfo=UTC),
-        subject=f"user:{user}",
-        data=data,
+        identity=Identity(user_id=user),
+        activity_type=ActivityType.PAGE_VIEW,
+        event_name="page_view",
+        properties={"url": url},
+        attributes={},
+        context={},
+        channel="test",
+        received_at=datetime(2026, 11, 23, 15, tzinfo=UTC),
     )
     return event.model_dump_json().encode()
 

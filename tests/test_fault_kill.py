@@ -1,4 +1,4 @@
-"""The fault test of issue 9: a realistic stream scored once undisturbed and once with the
+"""The fault test: a realistic stream scored once undisturbed and once with the
 scoring worker killed (SIGKILL) mid-stream and restarted, on PostgreSQL, ends with identical
 leads, ledgers and standing MQLs.
 
@@ -83,7 +83,7 @@ class ScoringProcess:
             self._process = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "services.cli",
+                "services.launch.cli",
                 "serve",
                 "scoring",
                 cwd=ROOT,

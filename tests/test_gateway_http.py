@@ -22,7 +22,7 @@ from schemas.topics import LEAD_ACTIVITY
 from services.broker import EmbeddedBroker
 from services.bus import ensure_topics
 from services.clock import ManualClock
-from services.runtime import Runtime
+from services.launch.runtime import Runtime
 from services.settings import Settings
 from tests.conftest import EXAMPLES, WRITE_KEY, http_client, make_settings
 from tests.support import read_topic, values

@@ -1,9 +1,9 @@
-"""Input is clean before it is acknowledged (issue 9): on every way in, an identity or id with a
+"""Input is clean before it is acknowledged: on every way in, an identity or id with a
 control character or a lone surrogate is refused naming its field (the pixel counts it and still
 answers its GIF), and every other string is cleaned, so whatever the gateway acknowledged parses
 at the consumer, is UTF-8 and can be stored by PostgreSQL. Property tests drive the real app
 against the embedded broker with arbitrary Unicode and bytes; one test on PostgreSQL shows the
-reproductions from the issue no longer wedge scoring."""
+inputs that once wedged scoring no longer do."""
 
 from __future__ import annotations
 
@@ -28,17 +28,15 @@ from pydantic import ValidationError
 
 from schemas.envelope import CloudEvent
 from schemas.events import ActivityData, ActivityType, Identity
-from schemas.registry import ACTIVITY
 from schemas.topics import LEAD_ACTIVITY, LEAD_ACTIVITY_DLQ
 from services.broker import EmbeddedBroker
 from services.bus import Publisher, PublishError, record_for
 from services.clock import ManualClock
-from services.codec import envelope
-from services.gateway.clean import clean_text, clean_value, depth, id_problem
+from services.gateway.clean import activity_event, clean_text, clean_value, depth, id_problem
 from services.gateway.publish import refused
 from services.gateway.signature import sign
+from services.launch.runtime import Runtime
 from services.runner import DLQ_REASON_HEADER
-from services.runtime import Runtime
 from tests.conftest import POSTGRES_URL, REQUIRE_POSTGRES, WRITE_KEY, http_client
 from tests.support import eventually, produce, read_topic
 from tests.test_gateway_http import SECRET, gateway_settings, running_gateway
@@ -270,22 +268,18 @@ def test_the_contract_refuses_an_identity_with_a_control_character(field: str, b
 
 
 def _event(event_id: str) -> CloudEvent[Any]:
-    data = ActivityData(
-        activity_type=ActivityType.FORM_SUBMIT,
-        event_name="form_submit",
-        identity=Identity(anonymous_id="a"),
-        properties={"form": "demo-request"},
-        channel="test",
-        received_at=datetime(2026, 11, 23, 15, tzinfo=UTC),
-    )
-    return envelope(
-        ACTIVITY,
+    return activity_event(
         event_id=event_id,
         source="test",
-        type_="lead.activity.form_submit",
         time=datetime(2026, 11, 23, 15, tzinfo=UTC),
-        subject="anon:a",
-        data=data,
+        identity=Identity(anonymous_id="a"),
+        activity_type=ActivityType.FORM_SUBMIT,
+        event_name="form_submit",
+        properties={"form": "demo-request"},
+        attributes={},
+        context={},
+        channel="test",
+        received_at=datetime(2026, 11, 23, 15, tzinfo=UTC),
     )
 
 
@@ -754,7 +748,7 @@ def _events_in(path: str, body: bytes) -> int:
 async def test_nul_identities_do_not_wedge_scoring_on_postgres(
     pipeline: Runtime, client: httpx.AsyncClient
 ) -> None:
-    """The issue's reproductions, then a record with a NUL identity produced straight to Kafka
+    """Inputs that once wedged scoring, then a record with a NUL identity produced straight to Kafka
     by some other producer (parked in the DLQ), then a good event: the good event is scored."""
     pixel = await client.get(f"/t.gif?wk={WRITE_KEY}&aid=v%00x")
     assert pixel.status_code == 200 and pixel.content.startswith(b"GIF89a")

@@ -10,8 +10,8 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Connection
 
 from services.db import create_engine
-from services.migrate import alembic_config, head_revisions, upgrade
-from services.schema import metadata
+from services.launch.migrate import alembic_config, head_revisions, upgrade
+from services.launch.tables import metadata
 
 
 def _differences(connection: Connection) -> list[Any]:

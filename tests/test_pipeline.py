@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 
 from schemas.topics import LEAD_ACTIVITY, LEAD_ASSIGNED, LEAD_MQL, LEAD_SCORED, SLA_EVENTS
-from services.runtime import Runtime
+from services.launch.runtime import Runtime
 from tests.support import eventually, read_topic, values
 
 

@@ -816,7 +816,7 @@ def test_patterns_re2_cannot_run_are_refused(pattern: str) -> None:
 def test_rules_check_reports_a_pattern_re2_refuses(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from services.cli import main as cli_main  # the whole CLI: only this test needs it
+    from services.launch.cli import main as cli_main  # the whole CLI: only this test needs it
 
     path = tmp_path / "rules.yaml"
     path.write_text(

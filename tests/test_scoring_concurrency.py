@@ -18,9 +18,9 @@ from scoring_service.models import Lead, LeadIdentity
 from services.bus import ensure_topics
 from services.clock import ManualClock
 from services.db import create_engine, session_factory
+from services.launch.runtime import Runtime
+from services.launch.tables import metadata
 from services.runner import ConsumerRunner
-from services.runtime import Runtime
-from services.schema import metadata
 from services.settings import Settings
 from tests.conftest import MONDAY_10AM_NEW_YORK
 from tests.support import eventually, produce, read_topic

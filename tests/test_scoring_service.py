@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import select
 
 from schemas.events import ActivityData, ActivityType, Identity, LeadStatusData
-from schemas.registry import ACTIVITY, STATUS
+from schemas.registry import STATUS
 from schemas.topics import LEAD_ACTIVITY, LEAD_MQL, LEAD_SCORED, LEAD_STATUS
 from scoring_service import engine, store
 from scoring_service.consumer import ActivityApplier, parse_activity
@@ -25,8 +25,9 @@ from scoring_service.rules import parse_rulebook_text
 from services.clock import ManualClock
 from services.codec import envelope
 from services.db import create_engine, session_factory
+from services.gateway.clean import activity_event
+from services.launch.runtime import Runtime
 from services.outbox import write_pending
-from services.runtime import Runtime
 from services.settings import Settings
 from tests.conftest import OPS_KEY, http_client
 from tests.support import eventually, produce, read_topic, values
@@ -65,23 +66,19 @@ def activity(
 ) -> tuple[bytes, bytes]:
     identity = Identity(email=email, user_id=user, anonymous_id=anon)
     time = T0 + timedelta(minutes=minutes)
-    data = ActivityData(
-        activity_type=kind,
-        event_name=kind.value,
-        identity=identity,
-        properties=properties,
-        channel="test",
-        received_at=time,
-        attributes=properties.pop("attributes", {}),
-    )
-    event = envelope(
-        ACTIVITY,
+    attributes = properties.pop("attributes", {})
+    event = activity_event(
         event_id=event_id,
         source="test",
-        type_=f"lead.activity.{kind.value}",
         time=time,
-        subject=identity.key(),
-        data=data,
+        identity=identity,
+        activity_type=kind,
+        event_name=kind.value,
+        properties=properties,
+        attributes=attributes,
+        context={},
+        channel="test",
+        received_at=time,
     )
     return identity.key().encode(), event.model_dump_json().encode()
 
@@ -203,8 +200,11 @@ async def test_anonymous_history_joins_the_known_lead_and_known_leads_merge(
     assert survivor["merged_from"] == other_id
     assert survivor["fit"] == 10
     assert survivor["score"] == 25  # three page views before + software fit
+    by_own_id = await lead_json(client, final_id)
+    assert by_own_id is not None and "merged_from" not in by_own_id
     listed = (await client.get("/leads", params={"email": "kim@corp.example"})).json()
     assert [item["lead_id"] for item in listed["items"]] == [final_id]
+    assert "merged_from" not in listed["items"][0]
     scored = values(await read_topic(settings, LEAD_SCORED, expect=3))
     assert any(other_id in event["data"]["merged_ids"] for event in scored)
 

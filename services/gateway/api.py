@@ -10,13 +10,11 @@ from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from schemas.envelope import CloudEvent
-from services.auth import OpsDep
 from services.deps import ContextDep
-from services.errors import ApiError, field_errors
-from services.gateway.auth import require_write_key
+from services.errors import ApiError, error_responses, field_errors
 from services.gateway.body import MAX_BATCH_BYTES, MAX_EVENT_BYTES, parse_json_object, read_body
 from services.gateway.cors import CorsRoute, preflight
 from services.gateway.pixel import router as pixel_router
@@ -28,8 +26,10 @@ from services.gateway.segment import (
     parse_time,
     to_activity_event,
 )
-from services.gateway.stats import count_bots, stats
+from services.gateway.stats import GatewayStats, count_bots, stats
 from services.gateway.tracker import router as tracker_router
+from services.gateway.write_keys import require_write_key
+from services.security import DeclareWriteKey, RequireOps
 
 router = APIRouter(tags=["ingest"], route_class=CorsRoute)
 
@@ -42,7 +42,16 @@ SINGLE_PATHS = {
     "group": ("/v1/group", "/v1/g"),
 }
 BATCH_PATHS = ("/v1/batch", "/v1/b", "/v1/import")
-SUCCESS = {"success": True}
+
+
+class Accepted(BaseModel):
+    """Segment's answer: the broker acknowledged every event of the request."""
+
+    success: bool
+
+
+SUCCESS = Accepted(success=True)
+TRACKING_ERRORS = error_responses(400, 401, 413, 422, 503)
 
 
 class _Invalid(Exception):
@@ -82,7 +91,7 @@ def _unprocessable(fields: list[dict[str, str]]) -> ApiError:
 
 
 def single_call(call: str, path: str) -> Callable[[Request, ContextDep], Awaitable[Any]]:
-    async def endpoint(request: Request, context: ContextDep) -> dict[str, bool]:
+    async def endpoint(request: Request, context: ContextDep) -> Accepted:
         payload = parse_json_object(await read_body(request, MAX_EVENT_BYTES))
         require_write_key(request, context.settings.write_keys, body_key=payload.get("writeKey"))
         try:
@@ -160,7 +169,7 @@ def batch_events(payload: dict[str, Any], path: str, context: ContextDep) -> lis
 
 
 def batch_call(path: str) -> Callable[[Request, ContextDep], Awaitable[Any]]:
-    async def endpoint(request: Request, context: ContextDep) -> dict[str, bool]:
+    async def endpoint(request: Request, context: ContextDep) -> Accepted:
         payload = parse_json_object(await read_body(request, MAX_BATCH_BYTES))
         require_write_key(request, context.settings.write_keys, body_key=payload.get("writeKey"))
         events = batch_events(payload, path, context)
@@ -180,6 +189,8 @@ for _call, _paths in SINGLE_PATHS.items():
             methods=["POST"],
             summary=f"Segment {_call} call",
             include_in_schema=_index == 0,
+            dependencies=[DeclareWriteKey],
+            responses=TRACKING_ERRORS,
         )
 for _index, _path in enumerate(BATCH_PATHS):
     router.add_api_route(
@@ -188,6 +199,8 @@ for _index, _path in enumerate(BATCH_PATHS):
         methods=["POST"],
         summary="Segment batch: up to 500 KB of track/page/identify/alias/group calls",
         include_in_schema=_index == 0,
+        dependencies=[DeclareWriteKey],
+        responses=TRACKING_ERRORS,
     )
 
 
@@ -199,11 +212,13 @@ async def cors_preflight(request: Request, path: str) -> Response:
 @router.get(
     "/gateway/stats",
     tags=["ops"],
-    dependencies=[OpsDep],
+    dependencies=[RequireOps],
     summary="Gateway counters since this process started",
+    response_model_exclude_defaults=True,  # a counter still at 0 is left out
+    responses=error_responses(401, 403),
 )
-async def gateway_stats(request: Request) -> dict[str, int]:
-    return dict(sorted(stats(request).items()))
+async def gateway_stats(request: Request) -> GatewayStats:
+    return GatewayStats.model_validate(stats(request))
 
 
 router.include_router(pixel_router)

@@ -1,10 +1,13 @@
 """Bot and prefetch detection (pure). Flagged events are still published, with `is_bot` set and
-`context.bot_reason` saying why; scoring skips them, and nothing is silently dropped."""
+`context.bot_reason` saying why (services.gateway.clean.activity_event marks them); scoring
+skips them, and nothing is silently dropped. Every way in asks `detect`."""
 
 from __future__ import annotations
 
 import re
 from datetime import datetime
+
+from schemas.events import ActivityType
 
 CRAWLER = re.compile(
     r"bot\b|bot/|crawl|spider|slurp|facebookexternalhit|embedly|preview|mediapartners"
@@ -46,3 +49,23 @@ def scanner_click_reason(
 
 def first_reason(*reasons: str | None) -> str | None:
     return next((reason for reason in reasons if reason), None)
+
+
+def detect(
+    *,
+    flagged: str | None,
+    user_agent: object,
+    activity_type: ActivityType,
+    time: datetime,
+    delivered_at: datetime | None,
+    scanner_seconds: float,
+) -> str | None:
+    """Why an activity is machine traffic, or None: what the way in found itself (`flagged`:
+    a HEAD request on the pixel, the tool's own bot flag) first, then the user agent, then an
+    email click too soon after the email's delivery."""
+    scanner = (
+        scanner_click_reason(time, delivered_at, scanner_seconds)
+        if activity_type is ActivityType.EMAIL_CLICK
+        else None
+    )
+    return first_reason(flagged, user_agent_reason(user_agent), scanner)

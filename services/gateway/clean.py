@@ -5,7 +5,7 @@ Identity values and ids are refused when they hold a control character or a lone
 cleaning one would silently make it someone else's. Every other string (event names,
 properties, traits, context, dict keys) is cleaned: control characters other than tab, newline
 and carriage return are removed, and lone surrogates (JSON "\\ud800") become U+FFFD. Every
-activity the gateway produces is built by `activity_event`, so nothing skips the cleaning."""
+activity leadflow produces is built by `activity_event`, so nothing skips the cleaning."""
 
 from __future__ import annotations
 
@@ -106,11 +106,15 @@ def activity_event(
     context: dict[str, Any],
     channel: str,
     received_at: datetime,
-    is_bot: bool,
+    bot_reason: str | None = None,
 ) -> CloudEvent[Any]:
-    """The `lead.activity` event, its free strings cleaned: the one way the gateway builds one.
+    """The `lead.activity` event, its free strings cleaned: the one way leadflow builds one (the
+    gateway's ways in, the benchmark, the tests). An event with a `bot_reason` (from
+    services.gateway.bots.detect) is flagged: `is_bot`, and the reason as `context.bot_reason`.
     The identity is not cleaned: the contract's `Identity` refuses control characters, and each
     way in refused them naming its field. ValueError for an unclean `event_id` (likewise)."""
+    if bot_reason:
+        context = {**context, "bot_reason": bot_reason}
     data = ActivityData(
         activity_type=activity_type,
         event_name=clean_text(event_name),
@@ -120,7 +124,7 @@ def activity_event(
         context=clean_value(context),
         channel=clean_text(channel),
         received_at=received_at,
-        is_bot=is_bot,
+        is_bot=bool(bot_reason),
     )
     return envelope(
         ACTIVITY,

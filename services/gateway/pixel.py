@@ -23,11 +23,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services.bus import PublishError
 from services.deps import ContextDep, get_context
-from services.gateway.auth import is_accepted
 from services.gateway.clean import CleanId, id_problem
 from services.gateway.publish import produce_activities, refused
 from services.gateway.segment import InvalidField, SegmentMessage, parse_call, to_activity_event
 from services.gateway.stats import count_bots, stats
+from services.gateway.write_keys import is_accepted
 
 log = logging.getLogger(__name__)
 
@@ -128,12 +128,12 @@ def _reject(request: Request, reason: str) -> None:
     log.info("pixel hit not recorded: %s (parameters %s)", reason, names)
 
 
-@router.api_route(
+@router.get(
     "/t.gif",
-    methods=["GET", "HEAD"],
     summary="Tracking pixel (always a 1x1 GIF; problems are counted on /gateway/stats)",
     response_class=Response,
 )
+@router.head("/t.gif", response_class=Response, include_in_schema=False)
 async def pixel(request: Request, context: ContextDep) -> Response:
     settings = context.settings
     cookie = request.cookies.get(settings.anonymous_id_cookie)

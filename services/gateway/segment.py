@@ -1,8 +1,9 @@
 """Segment HTTP Tracking API bodies and their translation into `lead.activity` events (pure).
 
 Every call type of the Segment spec (track, page, screen, identify, alias, group) becomes one
-activity per DESIGN.md "Activity vocabulary"; `messageId` becomes the event id, so a client's
-retry is one event downstream; the event time is corrected for client clock skew from `sentAt`.
+activity of leadflow's vocabulary (`schemas.events.ActivityType`); `messageId` becomes the
+event id, so a client's retry is one event downstream; the event time is corrected for client
+clock skew from `sentAt`.
 """
 
 from __future__ import annotations
@@ -308,16 +309,6 @@ def to_activity_event(
     context = {key: value for key, value in body.context.items() if key != "traits"}
     if body.timestamp is not None and sent_at is not None:
         context["original_timestamp"] = aware(body.timestamp).isoformat()
-    if activity_type is ActivityType.EMAIL_CLICK:
-        delivered = _optional_time(properties.get("delivered_at"))
-        scanner = bots.scanner_click_reason(event_time, delivered, scanner_seconds)
-    else:
-        scanner = None
-    reason = bots.first_reason(
-        bot_reason, bots.user_agent_reason(context.get("userAgent")), scanner
-    )
-    if reason:
-        context["bot_reason"] = reason
     return activity_event(
         event_id=body.message_id or f"gw-{uuid.uuid4()}",
         source=f"leadflow/gateway{channel.removeprefix('http:')}",
@@ -330,5 +321,12 @@ def to_activity_event(
         context=context,
         channel=channel,
         received_at=now,
-        is_bot=reason is not None,
+        bot_reason=bots.detect(
+            flagged=bot_reason,
+            user_agent=context.get("userAgent"),
+            activity_type=activity_type,
+            time=event_time,
+            delivered_at=_optional_time(properties.get("delivered_at")),
+            scanner_seconds=scanner_seconds,
+        ),
     )

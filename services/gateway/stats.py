@@ -5,17 +5,48 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import Request
+from pydantic import BaseModel, Field
 
 from schemas.envelope import CloudEvent
 
+StatName = Literal[
+    "bots_flagged",
+    "pixel_publish_failed",
+    "pixel_publish_unconfirmed",
+    "pixel_recorded",
+    "pixel_rejected",
+    "webhook_events",
+    "webhooks_duplicate",
+    "webhooks_refused_signature",
+]
 
-def stats(request: Request) -> Counter[str]:
+
+class GatewayStats(BaseModel):
+    """The gateway's counters since this process started; one still at 0 is left out."""
+
+    bots_flagged: int = Field(default=0, description="Events flagged as bots, and published")
+    pixel_publish_failed: int = Field(
+        default=0, description="Pixel hits the broker refused for good: not recorded"
+    )
+    pixel_publish_unconfirmed: int = Field(
+        default=0, description="Pixel hits not acknowledged in time: may or may not be recorded"
+    )
+    pixel_recorded: int = Field(default=0, description="Pixel hits the broker acknowledged")
+    pixel_rejected: int = Field(default=0, description="Pixel hits refused (bad key or values)")
+    webhook_events: int = Field(default=0, description="Events from webhooks, acknowledged")
+    webhooks_duplicate: int = Field(default=0, description="Redelivered webhooks (not produced)")
+    webhooks_refused_signature: int = Field(
+        default=0, description="Webhooks refused for their signature or timestamp"
+    )
+
+
+def stats(request: Request) -> Counter[StatName]:
     """The counters of the app serving this request (one set per app, created on first use)."""
     state = request.app.state
-    counters: Counter[str] | None = getattr(state, "gateway_stats", None)
+    counters: Counter[StatName] | None = getattr(state, "gateway_stats", None)
     if counters is None:
         counters = Counter()
         state.gateway_stats = counters

@@ -17,14 +17,14 @@ from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from schemas.envelope import CloudEvent
-from schemas.events import ActivityType, Identity
+from schemas.events import Identity
 from services.deps import ContextDep
-from services.errors import ApiError, field_errors
+from services.errors import ApiError, error_responses, field_errors
 from services.gateway import bots
 from services.gateway.body import MAX_BATCH_BYTES, parse_json, read_body, shallow
 from services.gateway.clean import activity_event, id_problem
@@ -45,6 +45,19 @@ from services.settings import Settings
 log = logging.getLogger(__name__)
 
 MAX_EVENT_ID_LENGTH = 200  # the envelope's limit
+
+
+class WebhookAccepted(BaseModel):
+    """The delivery's events were acknowledged by the broker (or had been before)."""
+
+    success: bool
+    duplicate: bool = Field(
+        default=False, description="A redelivered `webhook-id`: nothing produced again"
+    )
+
+
+ACCEPTED = WebhookAccepted(success=True)
+DUPLICATE = WebhookAccepted(success=True, duplicate=True)
 
 
 def event_id_for(source: str, webhook_id: str, index: int) -> str:
@@ -70,23 +83,11 @@ def webhook_event(
         email=mapped.email, user_id=mapped.user_id, anonymous_id=mapped.anonymous_id
     )
     event_time = mapped.time or now
-    scanner = (
-        bots.scanner_click_reason(event_time, mapped.delivered_at, scanner_seconds)
-        if mapped.activity_type is ActivityType.EMAIL_CLICK
-        else None
-    )
-    reason = bots.first_reason(
-        "flagged_by_source" if mapped.flagged_bot else None,
-        bots.user_agent_reason(mapped.user_agent),
-        scanner,
-    )
     context: dict[str, Any] = {"webhook": {"source": source, "id": webhook_id}}
     if mapped.user_agent:
         context["userAgent"] = mapped.user_agent
     if mapped.delivered_at:
         context["delivered_at"] = mapped.delivered_at.isoformat()
-    if reason:
-        context["bot_reason"] = reason
     attributes = dict(mapped.attributes)
     attributes.pop("email", None)
     return activity_event(
@@ -101,7 +102,14 @@ def webhook_event(
         context=context,
         channel=f"webhook:{source}",
         received_at=now,
-        is_bot=reason is not None,
+        bot_reason=bots.detect(
+            flagged="flagged_by_source" if mapped.flagged_bot else None,
+            user_agent=mapped.user_agent,
+            activity_type=mapped.activity_type,
+            time=event_time,
+            delivered_at=mapped.delivered_at,
+            scanner_seconds=scanner_seconds,
+        ),
     )
 
 
@@ -191,8 +199,10 @@ def build_router(settings: Settings) -> APIRouter:
     @router.post(
         "/webhooks/{source}",
         summary="A signed marketing-automation webhook (Standard Webhooks)",
+        response_model_exclude_defaults=True,  # `duplicate` only when it is one
+        responses=error_responses(400, 401, 404, 413, 422, 503),
     )
-    async def webhook(source: str, request: Request, context: ContextDep) -> dict[str, bool]:
+    async def webhook(source: str, request: Request, context: ContextDep) -> WebhookAccepted:
         if source not in sources:
             raise ApiError(404, "unknown_source", f"no webhook source {source!r} is configured")
         mapping, secret = sources[source]
@@ -218,7 +228,7 @@ def build_router(settings: Settings) -> APIRouter:
             )
         if await _already_accepted(context, source, webhook_id):
             stats(request)["webhooks_duplicate"] += 1
-            return {"success": True, "duplicate": True}
+            return DUPLICATE
         try:
             mapped = map_payload(mapping, _payload(request, body))
         except MappingError as exc:
@@ -234,6 +244,6 @@ def build_router(settings: Settings) -> APIRouter:
         await _record(context, source, webhook_id, len(events))
         count_bots(request, events)
         stats(request)["webhook_events"] += len(events)
-        return {"success": True}
+        return ACCEPTED
 
     return router

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Literal
 
-from fastapi import Depends, Request
+from fastapi import Request
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -117,6 +117,3 @@ def require_role(minimum: Role) -> Callable[[Request, AsyncSession], Awaitable[R
 
     return check
 
-
-AdminDep = Depends(require_role("admin"))
-OpsDep = Depends(require_role("ops"))

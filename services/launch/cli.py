@@ -17,13 +17,13 @@ from typing import Any
 import uvicorn
 
 from scoring_service.rules import load_rulebook
-from services.auth import ROLES, Role, create_api_key, ensure_registered, kept_key, new_key
+from services.api_keys import ROLES, Role, create_api_key, ensure_registered, kept_key, new_key
 from services.broker import BrokerError, EmbeddedBroker
 from services.bus import ensure_topics
 from services.clock import SystemClock
 from services.db import create_engine, session_factory
-from services.migrate import upgrade
-from services.runtime import PART_NAMES, Runtime, tune_garbage_collector
+from services.launch.migrate import upgrade
+from services.launch.runtime import PART_NAMES, Runtime, tune_garbage_collector
 from services.settings import Settings
 
 log = logging.getLogger("leadflow")
@@ -254,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "apikey":
             asyncio.run(run_apikey_create(settings, args.name, args.role))
         elif args.command == "bench":
-            bench = importlib.import_module(f"services.bench.{args.target}")
+            bench = importlib.import_module(f"services.launch.bench.{args.target}")
             return int(bench.main(settings, args.bench_args))
         else:
             asyncio.run(run_migrate(settings))

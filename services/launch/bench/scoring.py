@@ -30,17 +30,16 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from sqlalchemy import func, select
 
-from schemas.events import ActivityData, ActivityType, Identity
-from schemas.registry import ACTIVITY
+from schemas.events import ActivityType, Identity
 from schemas.topics import LEAD_ACTIVITY, LEAD_MQL
 from services.broker import EmbeddedBroker
 from services.bus import ensure_topics
 from services.clock import SystemClock
-from services.codec import envelope
-from services.migrate import upgrade
+from services.gateway.clean import activity_event
+from services.launch.migrate import upgrade
+from services.launch.runtime import Runtime, tune_garbage_collector
 from services.models import OutboxRecord
 from services.runner import ConsumerRunner
-from services.runtime import Runtime, tune_garbage_collector
 from services.settings import Settings
 
 MIX: Sequence[tuple[float, ActivityType, dict[str, Any]]] = (
@@ -108,24 +107,19 @@ class Stream:
             "company_size": 20 + (lead * 37) % 5000,
         }
         time_ = self._start + timedelta(seconds=number * 7)
-        data = ActivityData(
-            activity_type=kind,
-            event_name=kind.value,
-            identity=identity,
-            properties=dict(properties),
-            attributes=attributes if number % 5 == 0 else {},
-            channel="bench",
-            received_at=time_,
-        )
         event_id = f"bench-{uuid.UUID(int=self._random.getrandbits(128))}"
-        event = envelope(
-            ACTIVITY,
+        event = activity_event(
             event_id=event_id,
             source="bench",
-            type_=f"lead.activity.{kind.value}",
             time=time_,
-            subject=identity.key(),
-            data=data,
+            identity=identity,
+            activity_type=kind,
+            event_name=kind.value,
+            properties=dict(properties),
+            attributes=attributes if number % 5 == 0 else {},
+            context={},
+            channel="bench",
+            received_at=time_,
         )
         return identity.key().encode(), event.model_dump_json().encode(), event_id
 

@@ -1,11 +1,12 @@
-"""Alembic environment. `services.migrate` hands in a live connection; see its docstring."""
+"""Alembic environment. `services.launch.migrate` hands in a live connection (see its
+docstring); the target metadata is every table of every service (`services.launch.tables`)."""
 
 from __future__ import annotations
 
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from services.schema import metadata
+from services.launch.tables import metadata
 
 config = context.config
 

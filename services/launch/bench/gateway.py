@@ -29,7 +29,7 @@ from fastapi import FastAPI
 from services.broker import EmbeddedBroker, free_port
 from services.bus import ensure_topics
 from services.clock import SystemClock
-from services.runtime import Runtime, tune_garbage_collector
+from services.launch.runtime import Runtime, tune_garbage_collector
 from services.settings import Settings
 
 WRITE_KEY = "bench-key"
