@@ -124,6 +124,11 @@ class LeadMqlData(_Data):
     rulebook_version: str
     qualified_at: AwareDatetime
     top_rules: list[RuleContribution] = Field(default_factory=list)
+    attributes: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The lead's details when it was announced (what routing rules match on).",
+    )
+    source: str | None = Field(default=None, description="Where the lead came from.")
 
 
 class RevocationReason(StrEnum):
@@ -170,8 +175,24 @@ class LeadStatusData(_Data):
     cycle: int
     status: Literal["accepted", "rejected", "contacted", "converted", "recycled"]
     rep_id: str | None = None
-    reason: str | None = None
+    reason: str | None = Field(
+        default=None, description="The reason code (a rejection's or a recycle's), unchanged."
+    )
     at: AwareDatetime
+    note: str | None = Field(default=None, description="The rep's own words, if any.")
+    actor: str | None = Field(
+        default=None, description="Who acted: an API key's name, or the CRM that reported it."
+    )
+    origin: str | None = Field(
+        default=None, description="Where the action came from: `api`, `crm:<source>`, …"
+    )
+    channel: Literal["call", "email", "meeting"] | None = Field(
+        default=None, description="How the first touch was made (`contacted`)."
+    )
+    opportunity_id: str | None = Field(
+        default=None, description="The CRM opportunity (`converted`)."
+    )
+    amount: float | None = Field(default=None, ge=0, description="Its amount (`converted`).")
 
 
 class SlaEventData(_Data):

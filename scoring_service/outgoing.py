@@ -69,6 +69,8 @@ def mql_data(
         rulebook_version=version,
         qualified_at=qualification.time,
         top_rules=[RuleContribution(rule=rule, points=points) for rule, points in top_rules],
+        attributes=dict(lead.attributes),
+        source=lead.source,
     )
 
 
