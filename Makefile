@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install browser run test lint typecheck pytest schemas bench clean
+.PHONY: install browser sdks run test lint typecheck pytest schemas bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,7 +12,7 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
-# Headless Chromium for the browser tests (tests/test_browser.py), from Debian's packages.
+# Headless Chromium for the browser tests (tests/test_trackers_browser.py), from Debian's packages.
 # Installed only when missing, and only where apt-get can run (root); elsewhere the browser
 # tests skip with the reason, unless LEADFLOW_REQUIRE_BROWSER=1 (as .ci/run sets).
 browser:
@@ -25,10 +25,29 @@ browser:
 		echo "chromium is missing and apt-get cannot install it here: browser tests will skip"; \
 	fi
 
+# The tracking SDKs the browser tests load (Segment's analytics.js, RudderStack's and Snowplow's
+# JavaScript trackers): installed from the npm registry exactly as tests/browser/package-lock.json
+# pins them (npm ci), and bundled into local scripts with esbuild; rebuilt only when the lock file
+# or the build changes. Only where node and npm exist: elsewhere the tracker browser tests skip
+# with the reason, unless LEADFLOW_REQUIRE_BROWSER=1 (as .ci/run sets).
+SDK_DIR := tests/browser
+SDK_BUNDLES := $(SDK_DIR)/dist/BUILT
+
+sdks:
+	@if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then \
+		$(MAKE) --no-print-directory $(SDK_BUNDLES); \
+	else \
+		echo "node and npm are missing: the tracker SDK browser tests will skip"; \
+	fi
+
+$(SDK_BUNDLES): $(SDK_DIR)/package.json $(SDK_DIR)/package-lock.json $(SDK_DIR)/build.mjs \
+		$(wildcard $(SDK_DIR)/src/*.js)
+	cd $(SDK_DIR) && npm ci --no-audit --no-fund --loglevel=error && node build.mjs
+
 run: install
 	$(BIN)/leadflow dev $(ARGS)
 
-test: install browser lint typecheck pytest
+test: install browser sdks lint typecheck pytest
 
 lint: install
 	$(BIN)/ruff check .
@@ -43,4 +62,4 @@ schemas: install
 	$(BIN)/python -m schemas.registry
 
 clean:
-	rm -rf $(VENV) .leadflow .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .leadflow .pytest_cache .mypy_cache .ruff_cache $(SDK_DIR)/node_modules $(SDK_DIR)/dist

@@ -168,6 +168,8 @@ class QueuedLead:
     lead: Lead
     queued_at: datetime
     account_owner: str | None = None
+    exclude: frozenset[str] = frozenset()
+    """Reps who must not get it (e.g. the one who missed its deadline)."""
 
 
 @dataclass(frozen=True)
@@ -208,6 +210,12 @@ def account_domain(lead: Lead) -> str | None:
         return None
     domain = _domain(email.rsplit("@", 1)[1])
     return None if domain in PERSONAL_EMAIL_DOMAINS else domain
+
+
+def domain_of(value: Any) -> str | None:
+    """A company's domain as account matching keys it: `https://www.Initech.com/about` ->
+    `initech.com`; None for what is not a domain."""
+    return _domain(value)
 
 
 def _domain(value: Any) -> str | None:
@@ -389,11 +397,14 @@ def drain_queue(
     queued: Sequence[QueuedLead], routing: RoutingFile, state: RosterState, now: datetime
 ) -> Drained:
     """Route the queued leads again, oldest first (ties in the given order): those someone
-    can take now are assigned (`from_queue`), the rest keep waiting, in order."""
+    can take now are assigned (`from_queue`), the rest keep waiting, in order. A lead's
+    `exclude`d reps are never given it."""
     decisions: list[Decision] = []
     waiting: list[QueuedLead] = []
     for item in sorted(queued, key=lambda each: each.queued_at):
-        decision = route(item.lead, routing, state, now, account_owner=item.account_owner)
+        decision = route(
+            item.lead, routing, state, now, account_owner=item.account_owner, exclude=item.exclude
+        )
         if decision.queued:
             waiting.append(item)
             continue

@@ -162,10 +162,25 @@ class LeadAssignedData(_Data):
     rep_id: str
     rep_name: str
     rep_email: str
-    routing_rule: str
-    strategy: str
+    routing_rule: str = Field(description="The routing rule that matched the lead.")
+    strategy: str = Field(
+        description="How the rep was chosen: the pool's strategy (`round_robin`, `weighted`, "
+        "`load_balanced`), or `account_owner` or `manual` when no pool dealt the lead."
+    )
     assigned_at: AwareDatetime
     mql_event_id: str
+    pool: str | None = Field(
+        default=None, description="The pool that dealt the lead (after fallbacks), if one did."
+    )
+    reason: (
+        Literal["routed", "account_owner", "from_queue", "reassigned_after_breach", "manual"] | None
+    ) = Field(default=None, description="Why the lead went to this rep.")
+    attempt: int = Field(
+        default=1,
+        ge=1,
+        description="1 for the cycle's first assignment; a reassignment is the next attempt, "
+        "and its `lead.assigned` replaces the one before.",
+    )
 
 
 class LeadStatusData(_Data):
@@ -196,14 +211,67 @@ class LeadStatusData(_Data):
 
 
 class SlaEventData(_Data):
-    """`sla.events`: an SLA clock started, warned, was met, breached or cancelled."""
+    """`sla.events`: an SLA clock started, warned, was met (in time or late), breached or
+    cancelled. One record per transition, with a stable id
+    (`sla:<lead>:<cycle>:<clock>:<attempt>:<kind>`)."""
 
     lead_id: str
     cycle: int
-    kind: Literal["clock_started", "warning", "met", "breached", "cancelled"]
-    policy: str
+    kind: Literal["clock_started", "warning", "met", "met_late", "breached", "cancelled"]
+    policy: str = Field(description="The target the clock runs under (its name in the SLA file).")
     rep_id: str | None = None
     started_at: AwareDatetime
     deadline: AwareDatetime
-    at: AwareDatetime
-    reason: str | None = Field(default=None, description="Why a clock was cancelled.")
+    at: AwareDatetime = Field(
+        description="When the transition happened, in event time: the start, the warning time, "
+        "the deadline (a breach), the rep's action (met, met_late), the cancellation."
+    )
+    reason: str | None = Field(
+        default=None, description="Why a clock was cancelled, or the answer's reason code."
+    )
+    clock: Literal["accept", "first_touch", "qualify"] | None = Field(
+        default=None,
+        description="`accept` (assignment → accept or reject), `first_touch` (assignment → "
+        "contacted), `qualify` (accept → convert, reject or recycle).",
+    )
+    attempt: int | None = Field(
+        default=None,
+        ge=1,
+        description="The assignment attempt (accept, first_touch) or the "
+        "acceptance (qualify) the clock times; a reassignment starts the next attempt's.",
+    )
+    state: Literal["running", "met", "breached", "met_late", "cancelled"] | None = Field(
+        default=None, description="The clock's state after the transition."
+    )
+    target: str | None = Field(
+        default=None, description="The time allowed, as written in the SLA file (`4h`, `2d`)."
+    )
+    calendar: str | None = Field(
+        default=None, description="The business calendar it is counted on (`always`: wall time)."
+    )
+    warn_at: AwareDatetime | None = Field(default=None, description="When its warning is due.")
+    business_seconds: float | None = Field(
+        default=None, ge=0, description="Business time from the start to `at`, on the calendar."
+    )
+    wall_seconds: float | None = Field(
+        default=None, ge=0, description="Wall-clock time from the start to `at`."
+    )
+    on_breach: Literal["reassign", "queue", "notify", "none"] | None = Field(
+        default=None, description="What the SLA file says a breach of this clock does."
+    )
+    notify: str | None = Field(
+        default=None, description="The manager's or team's e-mail to tell, when the file names one."
+    )
+    pool: str | None = Field(default=None, description="The pool that dealt the lead.")
+    team: str | None = Field(default=None, description="The rep's team, when known.")
+    action: str | None = Field(
+        default=None, description="The rep's action that ended the clock (`accepted`, …)."
+    )
+    cause_event_id: str | None = Field(
+        default=None, description="The event that caused the transition, if one did."
+    )
+    detected_at: AwareDatetime | None = Field(
+        default=None,
+        description="When the SLA monitor noticed it: later than `at` for a warning or breach "
+        "fired late, after an outage.",
+    )

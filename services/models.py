@@ -37,7 +37,8 @@ class OutboxRecord(Base):
 
 
 class ApiKey(Base):
-    """A management API key; only its SHA-256 is stored."""
+    """A management API key; only its SHA-256 is stored. `rep_id` binds a sales key to a rep
+    (the handoff service's rep id; not a foreign key, as reps are that service's table)."""
 
     __tablename__ = "api_keys"
 
@@ -47,3 +48,4 @@ class ApiKey(Base):
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    rep_id: Mapped[str | None] = mapped_column(String(100))

@@ -14,7 +14,7 @@ from fastapi import Depends, Security
 from fastapi.security import APIKeyHeader, HTTPBasic, HTTPBearer
 from starlette.requests import HTTPConnection
 
-from services.api_keys import Role, require_role
+from services.api_keys import Caller, Role, require_caller, require_role
 
 
 class _DeclaredBearer(HTTPBearer):
@@ -67,7 +67,27 @@ def api_key(minimum: Role) -> Any:
     return Depends(requires_api_key)
 
 
+def api_caller(minimum: Role) -> Any:
+    """As `api_key`, giving the route who the caller is (`services.api_keys.Caller`: the
+    key's id, name, role and the rep a sales key is bound to)."""
+    check = require_caller(minimum)
+
+    async def requires_api_key(
+        caller: Annotated[Caller, Depends(check)],
+        _bearer: Annotated[None, Security(API_KEY_BEARER)],
+        _header: Annotated[None, Security(API_KEY_HEADER)],
+    ) -> Caller:
+        return caller
+
+    return Depends(requires_api_key)
+
+
 RequireOps = api_key("ops")
+RequireSales = api_key("sales")
 RequireAdmin = api_key("admin")
+OpsCaller = Annotated[Caller, api_caller("ops")]
+SalesCaller = Annotated[Caller, api_caller("sales")]
+"""A route parameter: the caller, whose key has at least the sales role."""
+AdminCaller = Annotated[Caller, api_caller("admin")]
 DeclareWriteKey = Security(WRITE_KEY)
 """On a tracking route: documents the write key its handler checks."""

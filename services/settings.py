@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+_APP_ID = re.compile(r"[^\x00-\x20\x7f-\x9f,=]{1,200}")
+_SOURCE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 class Settings(BaseSettings):
@@ -20,7 +24,15 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Field(default=Path(".leadflow"), description="Where local state lives.")
     rulebook: Path = Field(default=Path("examples/rulebook.yaml"), description="Scoring rules.")
-    roster: Path = Field(default=Path("examples/roster.yaml"), description="Reps for routing.")
+    routing: Path = Field(
+        default=Path("examples/routing.yaml"),
+        description="Routing rules, pools and the reps they seed (the roster's successor).",
+    )
+    crm_mappings: Path = Field(
+        default=Path("examples/crm"),
+        description="Folder of <source>.yaml files mapping a CRM's status webhooks to rep "
+        "actions; a CRM's secret is `crm:<source>=whsec_...` in LEADFLOW_WEBHOOK_SECRETS.",
+    )
     sla_policy: Path = Field(default=Path("examples/sla.yaml"), description="SLA clocks.")
     write_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated write keys the gateway accepts."
@@ -77,6 +89,16 @@ class Settings(BaseSettings):
         ge=0,
         description="An email click this soon after delivery is flagged as a link scanner's.",
     )
+    snowplow_apps: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="Comma-separated app_id=source pairs (or a bare app_id, its own source): "
+        "the Snowplow app ids the collector accepts; events of any other app are refused.",
+    )
+    snowplow_mapping: Path = Field(
+        default=Path("examples/snowplow.yaml"),
+        description="YAML file mapping Snowplow structured and self-describing events to "
+        "activities; a missing file maps nothing (defaults apply).",
+    )
 
     @field_validator("webhook_secrets", mode="before")
     @classmethod
@@ -92,6 +114,29 @@ class Settings(BaseSettings):
                 raise ValueError(f"expected source=secret, got {item.strip()!r}")
             pairs[source.strip()] = secret.strip()
         return pairs
+
+    @field_validator("snowplow_apps", mode="before")
+    @classmethod
+    def _split_apps(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        apps: dict[str, str] = {}
+        for item in value.split(","):
+            if not item.strip():
+                continue
+            app_id, _, source = item.partition("=")
+            apps[app_id.strip()] = source.strip() or app_id.strip()
+        return apps
+
+    @field_validator("snowplow_apps", mode="after")
+    @classmethod
+    def _check_apps(cls, value: dict[str, str]) -> dict[str, str]:
+        for app_id, source in value.items():
+            if not _APP_ID.fullmatch(app_id):
+                raise ValueError(f"app id {app_id!r}: 1-200 printable characters, no comma")
+            if not _SOURCE_NAME.fullmatch(source):
+                raise ValueError(f"source {source!r} of app {app_id!r}: letters, digits, . _ -")
+        return value
 
     @field_validator("write_keys", "cors_origins", mode="before")
     @classmethod

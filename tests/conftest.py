@@ -92,7 +92,7 @@ def make_settings(bootstrap: str, database_url: str, data_dir: Path) -> Settings
         topic_prefix=f"t{uuid.uuid4().hex[:10]}.",
         write_keys=[WRITE_KEY],
         rulebook=EXAMPLES / "rulebook.yaml",
-        roster=EXAMPLES / "roster.yaml",
+        routing=EXAMPLES / "routing.yaml",
         sla_policy=EXAMPLES / "sla.yaml",
         poll_interval_seconds=0.05,
         produce_timeout_seconds=2.0,

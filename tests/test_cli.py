@@ -15,12 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import yaml
 
 from schemas.topics import LEAD_MQL
 from services.broker import EmbeddedBroker, free_port
 from services.launch.migrate import head_revisions
 from services.settings import Settings
-from tests.conftest import POSTGRES_URL, ROOT, _reset_postgres
+from tests.conftest import EXAMPLES, POSTGRES_URL, ROOT, _reset_postgres
 from tests.support import eventually, read_topic, values
 
 DEMO = {
@@ -92,6 +93,18 @@ async def port_closed(port: int) -> bool:
     return False
 
 
+def always_working(tmp_path: Path) -> dict[str, str]:
+    """The example routing file with reps who work at any hour: `leadflow dev` runs on the
+    wall clock, and an MQL outside the example reps' hours would wait in the queue."""
+    example = yaml.safe_load((EXAMPLES / "routing.yaml").read_text())
+    for rep in example["reps"]:
+        rep.pop("hours", None)
+        rep.pop("away", None)
+    path = tmp_path / "routing.yaml"
+    path.write_text(yaml.safe_dump(example))
+    return {"LEADFLOW_ROUTING": str(path)}
+
+
 async def test_dev_runs_the_whole_pipeline_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     port, broker_port = free_port(), free_port()
     args = (
@@ -103,7 +116,10 @@ async def test_dev_runs_the_whole_pipeline_and_stops_cleanly_on_ctrl_c(tmp_path:
         "--data-dir",
         str(tmp_path / "data"),
     )
-    async with running(*args, marker="Press Ctrl-C") as (process, banner):
+    async with running(*args, marker="Press Ctrl-C", env=always_working(tmp_path)) as (
+        process,
+        banner,
+    ):
         key = re.search(r"Write key\s+(\S+)", banner)
         assert key, banner
         assert f"http://127.0.0.1:{port}" in banner

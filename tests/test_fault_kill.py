@@ -49,7 +49,7 @@ SETTLE_TIMEOUT = 40.0
 STOP_TIMEOUT = 15.0
 WORKER_ENV = {
     "LEADFLOW_RULEBOOK": str(EXAMPLES / "rulebook.yaml"),
-    "LEADFLOW_ROSTER": str(EXAMPLES / "roster.yaml"),
+    "LEADFLOW_ROUTING": str(EXAMPLES / "routing.yaml"),
     "LEADFLOW_SLA_POLICY": str(EXAMPLES / "sla.yaml"),
     "LEADFLOW_MQL_HOLD_SECONDS": "0.5",
     "LEADFLOW_CONSUMER_BATCH_SIZE": "200",

@@ -73,8 +73,13 @@ async def test_activity_to_mql_to_assignment_to_sla_clock(
     assert scored[-1]["data"]["cause_event_id"] == "m-3"
 
     assigned = values(await read_topic(settings, LEAD_ASSIGNED, expect=1))
+    assert assigned[0]["id"] == f"assigned:{lead_id}:1"
+    # no routing rule but the catch-all matches: the inbound pool, whose strategy is load_balanced
     assert assigned[0]["data"]["rep_id"] == "rep-ada"
-    assert assigned[0]["data"]["strategy"] == "round_robin"
+    assert assigned[0]["data"]["routing_rule"] == "everyone-else"
+    assert assigned[0]["data"]["pool"] == "inbound"
+    assert assigned[0]["data"]["strategy"] == "load_balanced"
+    assert assigned[0]["data"]["reason"] == "routed"
 
     async def owned() -> dict[str, Any] | None:
         lead = await lead_by_email(client, "dana@example.org")
@@ -106,7 +111,7 @@ async def test_activity_to_mql_to_assignment_to_sla_clock(
     assert sla_events[0]["data"]["kind"] == "clock_started"
 
 
-async def test_round_robin_spreads_mqls_over_the_roster(
+async def test_the_inbound_pool_spreads_mqls_over_its_reps(
     pipeline: Runtime, client: httpx.AsyncClient
 ) -> None:
     for number in range(4):
@@ -123,6 +128,63 @@ async def test_round_robin_spreads_mqls_over_the_roster(
     assigned = values(await read_topic(pipeline.settings, LEAD_ASSIGNED, expect=4))
     reps = sorted(event["data"]["rep_id"] for event in assigned)
     assert reps == ["rep-ada", "rep-ada", "rep-alan", "rep-grace"]
+
+
+async def test_a_demo_request_from_germany_is_routed_by_its_country_rule(
+    pipeline: Runtime, client: httpx.AsyncClient
+) -> None:
+    """The routing file's rules decide the pool: a German lead goes to the EMEA pool's rep,
+    a lead no other rule takes to the catch-all rule's pool."""
+    for number, (email, country) in enumerate(
+        [("dana@initech.example", "DE"), ("sam@acme.example", "US")]
+    ):
+        response = await client.post(
+            "/v1/track",
+            json=track(
+                "form_submit",
+                userId=f"user-{number}",
+                messageId=f"demo-{number}",
+                traits={"email": email, "country": country},
+                properties={"form": "demo-request"},
+            ),
+        )
+        assert response.status_code == 200, response.text
+    mqls = values(await read_topic(pipeline.settings, LEAD_MQL, expect=2))
+    country_of = {m["data"]["lead_id"]: m["data"]["attributes"]["country"] for m in mqls}
+    assigned = values(await read_topic(pipeline.settings, LEAD_ASSIGNED, expect=2))
+    routed = {
+        country_of[event["data"]["lead_id"]]: (
+            event["data"]["rep_id"],
+            event["data"]["routing_rule"],
+            event["data"]["pool"],
+            event["data"]["strategy"],
+            event["data"]["reason"],
+        )
+        for event in assigned
+    }
+    assert routed == {
+        "DE": ("rep-alan", "emea-by-country", "emea", "round_robin", "routed"),
+        "US": ("rep-ada", "everyone-else", "inbound", "load_balanced", "routed"),
+    }
+    (german,) = [lead for lead, country in country_of.items() if country == "DE"]
+    detail = (await client.get(f"/handoff/leads/{german}")).json()
+    (attempt,) = detail["assignments"]
+    assert (attempt["attempt"], attempt["routing_rule"], attempt["tried"]) == (
+        1,
+        "emea-by-country",
+        ["emea"],
+    )
+    assert (attempt["rep_name"], attempt["status"], attempt["skipped"]) == (
+        "Alan Turing",
+        "assigned",
+        [],
+    )
+
+    async def owned() -> dict[str, Any] | None:
+        lead = (await client.get(f"/leads/{german}")).json()
+        return lead if lead["owner"] else None
+
+    assert (await eventually(owned))["owner"] == {"rep_id": "rep-alan", "name": "Alan Turing"}
 
 
 async def test_unknown_lead_and_clock_are_404(client: httpx.AsyncClient) -> None:
@@ -196,8 +258,13 @@ async def test_a_late_personal_email_revokes_the_mql_closes_the_assignment_and_t
     cancelled = await eventually(lambda: sla_clock("cancelled"))
     assert cancelled["reason"] == "disqualified: disqualified by personal-email"
     assert cancelled["overdue"] is False
-    sla_events = values(await read_topic(settings, SLA_EVENTS, expect=2))
-    assert [event["data"]["kind"] for event in sla_events] == ["clock_started", "cancelled"]
+    sla_events = values(await read_topic(settings, SLA_EVENTS, expect=4))
+    assert [(event["data"]["clock"], event["data"]["kind"]) for event in sla_events] == [
+        ("accept", "clock_started"),
+        ("first_touch", "clock_started"),
+        ("accept", "cancelled"),
+        ("first_touch", "cancelled"),
+    ]
 
     lead = (await client.get(f"/leads/{lead_id}")).json()
     assert lead["stage"] == "lead"

@@ -20,8 +20,9 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from handoff_service.consumer import MqlRouter
-from handoff_service.models import Assignment
-from handoff_service.routing import load_roster
+from handoff_service.dispatch import Dispatcher
+from handoff_service.models import Assignment, QueueEntry
+from handoff_service.routing_file import load_routing
 from schemas.events import LeadAssignedData, LeadMqlData, LeadStatusData
 from schemas.registry import ASSIGNED, MQL, STATUS, Contract
 from schemas.topics import LEAD_ACTIVITY, LEAD_ASSIGNED, LEAD_MQL, LEAD_STATUS, dlq_for
@@ -37,8 +38,8 @@ from services.faults import Fault, classify
 from services.models import ProcessedEvent
 from services.runner import DLQ_REASON_HEADER, ConsumerRunner, ConsumerSpec
 from services.settings import Settings
-from sla_monitor.consumer import ClockStarter
-from sla_monitor.models import SlaClock
+from sla_monitor.consumer import SlaConsumer
+from sla_monitor.models import SlaCycle
 from sla_monitor.policy import load_policy
 from tests.streams import stream
 from tests.support import eventually, produce, read_topic
@@ -107,6 +108,11 @@ async def _count(session: AsyncSession, model: type[Any]) -> int:
     return (await session.scalar(select(func.count()).select_from(model))) or 0
 
 
+async def _handed_off(session: AsyncSession) -> int:
+    """MQLs assigned or queued (no reps are stored here: the part's setup is not run)."""
+    return await _count(session, Assignment) + await _count(session, QueueEntry)
+
+
 async def _processed(session: AsyncSession) -> int:
     return await _count(session, ProcessedEvent)
 
@@ -133,16 +139,16 @@ CASES = {
         _processed,
     ),
     "handoff": Case(
-        lambda s: MqlRouter(load_roster(s.roster), CLOCK).spec(),
+        lambda s: MqlRouter(Dispatcher(load_routing(s.routing), CLOCK)).spec(),
         LEAD_MQL,
         lambda: [mql(f"mql-{n}" if n != 2 else POISON, f"ld_{n}") for n in range(6)],
-        lambda session: _count(session, Assignment),
+        _handed_off,
     ),
     "sla": Case(
-        lambda s: ClockStarter(load_policy(s.sla_policy), CLOCK).spec(),
+        lambda s: SlaConsumer(load_policy(s.sla_policy), CLOCK).spec(),
         LEAD_ASSIGNED,
         lambda: [assigned(f"as-{n}" if n != 2 else POISON, f"ld_{n}") for n in range(6)],
-        lambda session: _count(session, SlaClock),
+        lambda session: _count(session, SlaCycle),  # one per assigned lead
     ),
 }
 

@@ -648,7 +648,7 @@ def test_the_example_file_is_the_rosters_successor() -> None:
     assert {r.id for r in EXAMPLE.members("inbound")} >= {"rep-ada", "rep-grace", "rep-alan"}
     assert set(EXAMPLE.reason_codes) == {
         "not_icp", "bad_contact_data", "no_budget", "student", "competitor", "duplicate",
-        "existing_customer",
+        "existing_customer", "bad_timing",
     }  # fmt: skip
     assert EXAMPLE.reason_codes["student"].label == "Student or researcher"
     assert {r.time_zone for r in EXAMPLE.reps} == {

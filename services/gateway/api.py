@@ -19,6 +19,7 @@ from services.gateway.body import MAX_BATCH_BYTES, MAX_EVENT_BYTES, parse_json_o
 from services.gateway.cors import CorsRoute, preflight
 from services.gateway.pixel import router as pixel_router
 from services.gateway.publish import publish_activities
+from services.gateway.sdk_config import router as sdk_config_router
 from services.gateway.segment import (
     CALLS,
     InvalidField,
@@ -41,7 +42,9 @@ SINGLE_PATHS = {
     "alias": ("/v1/alias", "/v1/a"),
     "group": ("/v1/group", "/v1/g"),
 }
-BATCH_PATHS = ("/v1/batch", "/v1/b", "/v1/import")
+BATCH_PATHS = ("/v1/batch", "/v1/b", "/v1/import", "/beacon/v1/batch")
+"""`/beacon/v1/batch` is where RudderStack's SDK sends with `navigator.sendBeacon` (its write key
+in `?writeKey=`)."""
 
 
 class Accepted(BaseModel):
@@ -205,6 +208,7 @@ for _index, _path in enumerate(BATCH_PATHS):
 
 
 @router.options("/v1/{path:path}", include_in_schema=False)
+@router.options("/beacon/v1/{path:path}", include_in_schema=False)
 async def cors_preflight(request: Request, path: str) -> Response:
     return preflight(request)
 
@@ -223,3 +227,4 @@ async def gateway_stats(request: Request) -> GatewayStats:
 
 router.include_router(pixel_router)
 router.include_router(tracker_router)
+router.include_router(sdk_config_router)

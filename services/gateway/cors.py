@@ -1,7 +1,10 @@
 """CORS for the browser-facing routes, answered by the routes themselves (the app is shared by
 every part, so the gateway does not install app-wide middleware). Allowed origins come from
-`LEADFLOW_CORS_ORIGINS`; `*` allows any origin. Error responses carry the headers too, so a
-page's script can read why it was refused."""
+`LEADFLOW_CORS_ORIGINS`; `*` allows any origin, and an allowed origin is always answered by
+name, never `*`. Request headers are an allow-list that names what the trackers send (below),
+never a blanket `*`. Error responses carry the headers too, so a page's script can read why it
+was refused. Routes that browsers call with credentials (Snowplow's collector: the JavaScript
+tracker sends its cookies) also answer `Access-Control-Allow-Credentials: true`."""
 
 from __future__ import annotations
 
@@ -17,7 +20,26 @@ from services.deps import get_context
 from services.errors import ApiError, error_body, invalid
 
 ALLOWED_METHODS = "GET, POST, OPTIONS"
-ALLOWED_HEADERS = {"authorization", "content-type", "content-encoding", "x-retry-count"}
+ALLOWED_HEADERS = frozenset(
+    {
+        # leadflow.js, Segment's analytics.js and every JSON client
+        "authorization",
+        "content-type",
+        "content-encoding",
+        "x-retry-count",
+        # RudderStack's JavaScript SDK v3: every delivery, and its retries
+        "anonymousid",
+        "sentat",
+        "rsa-recovered",
+        "rsa-retry-attempt",
+        "rsa-retry-reason",
+        "rsa-since-first-attempt",
+        "rsa-since-last-attempt",
+        # Snowplow's JavaScript tracker with server-side anonymisation
+        "sp-anonymous",
+    }
+)
+"""Request headers a page may send (lower case): what the supported trackers send."""
 MAX_AGE_SECONDS = "600"
 
 
@@ -30,13 +52,18 @@ def _allowed_origins(request: Request) -> list[str]:
     return origins
 
 
-def cors_headers(origin: str | None, allowed: list[str]) -> dict[str, str]:
+def cors_headers(
+    origin: str | None, allowed: list[str], *, credentials: bool = False
+) -> dict[str, str]:
     if not origin or not origin_allowed(origin, allowed):
         return {"Vary": "Origin"}
-    return {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+    headers = {"Access-Control-Allow-Origin": origin, "Vary": "Origin"}
+    if credentials:
+        headers["Access-Control-Allow-Credentials"] = "true"
+    return headers
 
 
-def preflight(request: Request) -> Response:
+def preflight(request: Request, *, credentials: bool = False) -> Response:
     """Answer an OPTIONS preflight: 204 with the allowed method and headers, or 400."""
     origin = request.headers.get("origin")
     allowed = _allowed_origins(request)
@@ -54,7 +81,7 @@ def preflight(request: Request) -> Response:
         return Response(
             status_code=204,
             headers={
-                **cors_headers(origin, allowed),
+                **cors_headers(origin, allowed, credentials=credentials),
                 "Access-Control-Allow-Methods": ALLOWED_METHODS,
                 "Access-Control-Allow-Headers": ", ".join(headers) or "content-type",
                 "Access-Control-Max-Age": MAX_AGE_SECONDS,
@@ -66,6 +93,8 @@ def preflight(request: Request) -> Response:
 
 class CorsRoute(APIRoute):
     """A route whose every response, errors included, carries the CORS headers."""
+
+    credentials = False
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -81,7 +110,14 @@ class CorsRoute(APIRoute):
                 error = invalid(exc)
                 response = JSONResponse(error_body(error), status_code=error.status)
             origin = request.headers.get("origin")
-            response.headers.update(cors_headers(origin, _allowed_origins(request)))
+            allowed = _allowed_origins(request)
+            response.headers.update(cors_headers(origin, allowed, credentials=self.credentials))
             return response
 
         return with_cors
+
+
+class CredentialedCorsRoute(CorsRoute):
+    """A CORS route whose callers send cookies (`credentials: "include"`)."""
+
+    credentials = True

@@ -18,6 +18,10 @@ StatName = Literal[
     "pixel_publish_unconfirmed",
     "pixel_recorded",
     "pixel_rejected",
+    "snowplow_events",
+    "snowplow_refused_app",
+    "snowplow_rejected",
+    "snowplow_unrecorded",
     "webhook_events",
     "webhooks_duplicate",
     "webhooks_refused_signature",
@@ -36,6 +40,16 @@ class GatewayStats(BaseModel):
     )
     pixel_recorded: int = Field(default=0, description="Pixel hits the broker acknowledged")
     pixel_rejected: int = Field(default=0, description="Pixel hits refused (bad key or values)")
+    snowplow_events: int = Field(default=0, description="Snowplow events the broker acknowledged")
+    snowplow_refused_app: int = Field(
+        default=0, description="Snowplow events of an app id not in LEADFLOW_SNOWPLOW_APPS"
+    )
+    snowplow_rejected: int = Field(
+        default=0, description="Snowplow events refused for invalid fields (whole requests)"
+    )
+    snowplow_unrecorded: int = Field(
+        default=0, description="Snowplow `/i` hits the broker did not acknowledge"
+    )
     webhook_events: int = Field(default=0, description="Events from webhooks, acknowledged")
     webhooks_duplicate: int = Field(default=0, description="Redelivered webhooks (not produced)")
     webhooks_refused_signature: int = Field(

@@ -45,6 +45,8 @@ from services.settings import Settings
 log = logging.getLogger(__name__)
 
 MAX_EVENT_ID_LENGTH = 200  # the envelope's limit
+CRM_SECRET_PREFIX = "crm:"
+"""LEADFLOW_WEBHOOK_SECRETS entries the handoff service's CRM webhooks use."""
 
 
 class WebhookAccepted(BaseModel):
@@ -145,10 +147,13 @@ def _events(
 
 
 def configured_sources(settings: Settings) -> dict[str, tuple[WebhookMapping, str]]:
-    """Sources with both a mapping and a secret; a secret without a mapping stops the start."""
+    """Sources with both a mapping and a secret; a secret without a mapping stops the start.
+    Secrets named `crm:<source>` are the handoff service's CRM webhooks', not the gateway's."""
     mappings = load_mappings(settings.webhook_mappings)
     sources: dict[str, tuple[WebhookMapping, str]] = {}
     for source, secret in settings.webhook_secrets.items():
+        if source.startswith(CRM_SECRET_PREFIX):
+            continue
         if source not in mappings:
             raise ValueError(
                 f"LEADFLOW_WEBHOOK_SECRETS names source {source!r}, but "

@@ -1,5 +1,7 @@
 """Write keys where Segment-protocol clients put them: the HTTP basic-auth user name (server
-libraries), or `writeKey` in the JSON body (analytics.js, sendBeacon, which cannot set headers)."""
+libraries, RudderStack's JavaScript SDK), `writeKey` in the JSON body (analytics.js,
+leadflow.js), or `?writeKey=` in the query string (beacons: `navigator.sendBeacon` can set
+neither a header nor, with RudderStack's SDK, the body)."""
 
 from __future__ import annotations
 
@@ -33,15 +35,19 @@ def is_accepted(key: str, accepted: list[str]) -> bool:
 
 
 def require_write_key(request: Request, accepted: list[str], *, body_key: object = None) -> str:
-    """The caller's write key, from basic auth or else the body's `writeKey`; 401 otherwise."""
+    """The caller's write key, from basic auth, else the body's `writeKey`, else the query's
+    `writeKey`; 401 otherwise."""
     key = write_key_from(request)
     if key is None and isinstance(body_key, str) and body_key:
         key = body_key
     if key is None:
+        key = request.query_params.get("writeKey") or None
+    if key is None:
         raise ApiError(
             401,
             "unauthorized",
-            "missing write key (HTTP basic auth user name, or writeKey in the body)",
+            "missing write key (HTTP basic auth user name, writeKey in the body, "
+            "or ?writeKey= in the query string)",
             headers=_CHALLENGE,
         )
     if not is_accepted(key, accepted):

@@ -16,6 +16,7 @@ from typing import Any
 
 import uvicorn
 
+from handoff_service.actions import check_rep_for_key
 from scoring_service.rules import load_rulebook
 from services.api_keys import ROLES, Role, create_api_key, ensure_registered, kept_key, new_key
 from services.broker import BrokerError, EmbeddedBroker
@@ -25,6 +26,7 @@ from services.db import create_engine, session_factory
 from services.launch.migrate import upgrade
 from services.launch.runtime import PART_NAMES, Runtime, tune_garbage_collector
 from services.settings import Settings
+from sla_monitor.policy import load_policy
 
 log = logging.getLogger("leadflow")
 
@@ -62,11 +64,20 @@ def build_parser() -> argparse.ArgumentParser:
     check = rules_commands.add_parser("check", help="validate a rulebook file offline")
     check.add_argument("file", type=Path)
 
+    sla = commands.add_parser("sla", help="work with SLA files")
+    sla_commands = sla.add_subparsers(dest="sla_command", required=True)
+    sla_check = sla_commands.add_parser("check", help="validate an SLA file offline")
+    sla_check.add_argument("file", type=Path)
+
     apikey = commands.add_parser("apikey", help="manage API keys for the management API")
     apikey_commands = apikey.add_subparsers(dest="apikey_command", required=True)
     create = apikey_commands.add_parser("create", help="create a key (printed once)")
     create.add_argument("--name", required=True)
     create.add_argument("--role", required=True, choices=ROLES)
+    create.add_argument(
+        "--rep",
+        help="bind a sales key to this rep (their id): it acts only on that rep's leads",
+    )
 
     bench = commands.add_parser("bench", help="measure throughput and latency")
     bench.add_argument("target", choices=BENCH_TARGETS)
@@ -155,7 +166,7 @@ def _banner(settings: Settings, broker: EmbeddedBroker | None, admin_key: str) -
             f"  Data        {settings.data_dir.resolve()}",
             f"  Database    {database}",
             f"  Rulebook    {settings.rulebook}",
-            f"  Roster      {settings.roster}",
+            f"  Routing     {settings.routing}",
             f"  SLA policy  {settings.sla_policy}",
             "Press Ctrl-C to stop.",
         ]
@@ -209,11 +220,29 @@ def run_rules_check(path: Path) -> int:
     return 0
 
 
-async def run_apikey_create(settings: Settings, name: str, role: Role) -> None:
+def run_sla_check(path: Path) -> int:
+    policy = load_policy(path)
+    print(f"{path}: OK")
+    for line in policy.summary():
+        print(f"  {line}")
+    return 0
+
+
+async def run_apikey_create(
+    settings: Settings, name: str, role: Role, rep_id: str | None = None
+) -> None:
+    """Create a key; `rep_id` binds a sales key to a rep, who must exist (the reps table,
+    else the routing file)."""
+    if rep_id is not None and role != "sales":
+        raise ValueError(f"--rep binds a sales key to a rep; a {role} key acts on any lead")
     engine = create_engine(settings.effective_database_url)
     try:
         async with session_factory(engine)() as session, session.begin():
-            key = await create_api_key(session, name=name, role=role, clock=SystemClock())
+            if rep_id is not None:
+                await check_rep_for_key(session, settings.routing, rep_id)
+            key = await create_api_key(
+                session, name=name, role=role, clock=SystemClock(), rep_id=rep_id
+            )
     finally:
         await engine.dispose()
     print(key)
@@ -251,8 +280,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(run_serve(settings, args.part))
         elif args.command == "rules":
             return run_rules_check(args.file)
+        elif args.command == "sla":
+            return run_sla_check(args.file)
         elif args.command == "apikey":
-            asyncio.run(run_apikey_create(settings, args.name, args.role))
+            asyncio.run(run_apikey_create(settings, args.name, args.role, args.rep))
         elif args.command == "bench":
             bench = importlib.import_module(f"services.launch.bench.{args.target}")
             return int(bench.main(settings, args.bench_args))

@@ -53,7 +53,7 @@ def tune_garbage_collector() -> None:
 
 
 def build_part(name: str, context: AppContext) -> Part:
-    """Loads the part's configuration (rulebook, roster, policy) and assembles it."""
+    """Loads the part's configuration (rulebook, routing file, policy) and assembles it."""
     try:
         build = PARTS[name]
     except KeyError:

@@ -1,5 +1,6 @@
 """Every table of every service, gathered for Alembic. Each service owns its own tables."""
 
+from handoff_service import action_models as handoff_action_models
 from handoff_service import models as handoff_models
 from scoring_service import models as scoring_models
 from services import models as runtime_models
@@ -11,6 +12,7 @@ metadata = Base.metadata
 
 __all__ = [
     "gateway_models",
+    "handoff_action_models",
     "handoff_models",
     "metadata",
     "runtime_models",
