@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -17,8 +19,9 @@ from services.broker import EmbeddedBroker
 from services.bus import ensure_topics
 from services.clock import ManualClock
 from services.db import create_engine, session_factory
-from services.launch.migrate import upgrade
+from services.launch.migrate import head_revisions, upgrade
 from services.launch.runtime import PART_NAMES, Runtime
+from services.launch.tables import metadata
 from services.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,29 +43,72 @@ async def broker() -> AsyncIterator[EmbeddedBroker]:
         yield running
 
 
-async def _reset_postgres(url: str) -> None:
+async def _connect_postgres(url: str) -> asyncpg.Connection:
     dsn = url.replace("postgresql+asyncpg://", "postgresql://")
     try:
-        connection = await asyncpg.connect(dsn, timeout=3)
+        return await asyncpg.connect(dsn, timeout=3)
     except (OSError, asyncpg.PostgresError) as exc:
         message = f"PostgreSQL unreachable at {url}: {exc}"
         if REQUIRE_POSTGRES:
             pytest.fail(message + " (LEADFLOW_REQUIRE_POSTGRES=1)")
         pytest.skip(message)
+
+
+async def _reset_postgres(url: str) -> None:
+    connection = await _connect_postgres(url)
     try:
         await connection.execute("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
     finally:
         await connection.close()
 
 
+async def _emptied_postgres(url: str) -> bool:
+    """Empty every table of a database already at the head revision (far quicker than
+    migrating again for every test); False when it is not at the head, e.g. after a test
+    reset or downgraded it."""
+    connection = await _connect_postgres(url)
+    try:
+        try:
+            versions = {
+                row[0] for row in await connection.fetch("SELECT version_num FROM alembic_version")
+            }
+        except asyncpg.PostgresError:
+            return False
+        if versions != set(head_revisions()):
+            return False
+        tables = ", ".join(f'"{table.name}"' for table in metadata.sorted_tables)
+        await connection.execute(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
+        return True
+    finally:
+        await connection.close()
+
+
+_SQLITE_TEMPLATE: list[Path] = []
+"""A migrated SQLite database, made once per session and copied for each test."""
+
+
+async def _sqlite_database(path: Path) -> str:
+    if not _SQLITE_TEMPLATE:
+        template = Path(tempfile.mkdtemp(prefix="leadflow-template-")) / "leadflow.db"
+        await upgrade(f"sqlite+aiosqlite:///{template}")
+        _SQLITE_TEMPLATE.append(template)
+    template = _SQLITE_TEMPLATE[0]
+    shutil.copyfile(template, path)
+    for suffix in ("-wal", "-shm"):  # normally checkpointed away when the engine closed
+        if template.with_name(template.name + suffix).exists():
+            shutil.copyfile(template.with_name(template.name + suffix), f"{path}{suffix}")
+    return f"sqlite+aiosqlite:///{path}"
+
+
 async def _migrated(backend: str, tmp_path: Path) -> str:
-    """A freshly migrated database with an admin and an ops API key."""
+    """A migrated, empty database with an admin and an ops API key."""
     if backend == "sqlite":
-        url = f"sqlite+aiosqlite:///{tmp_path / 'leadflow.db'}"
+        url = await _sqlite_database(tmp_path / "leadflow.db")
     else:
         url = POSTGRES_URL
-        await _reset_postgres(url)
-    await upgrade(url)
+        if not await _emptied_postgres(url):
+            await _reset_postgres(url)
+            await upgrade(url)
     engine = create_engine(url)
     try:
         async with session_factory(engine)() as session, session.begin():
