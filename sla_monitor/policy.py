@@ -21,14 +21,12 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from itertools import pairwise
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     AfterValidator,
-    BeforeValidator,
     EmailStr,
     Field,
     PlainSerializer,
@@ -55,11 +53,10 @@ from services.located_yaml import (
     printable,
     validate_document,
 )
+from services.weekly_hours import DayHours, days_of, span_text
 from sla_monitor.calendar import (
     ALWAYS,
     ALWAYS_CALENDAR,
-    DAY_MINUTES,
-    WEEKDAYS,
     BusinessCalendar,
     Holiday,
     Span,
@@ -193,91 +190,6 @@ def _time_zone(name: str) -> str:
 
 TimeZone = Annotated[str, AfterValidator(_time_zone)]
 
-_SPAN = re.compile(r"(\d{1,2})(?::(\d{2}))?\s*[-\u2013]\s*(\d{1,2})(?::(\d{2}))?")
-
-
-def _span(value: Any) -> Span:
-    """`"09:00-17:30"` -> minutes from midnight `(540, 1050)`; `24:00` ends the day."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        raise ValueError('a range of hours is text: write it as "09:00-17:00", in quotes')
-    found = _SPAN.fullmatch(value.strip()) if isinstance(value, str) else None
-    if found is None:
-        raise ValueError(
-            f"{value!r} is not a range of hours: write it as HH:MM-HH:MM, e.g. 09:00-17:00"
-        )
-    start, end = _minutes(found[1], found[2]), _minutes(found[3], found[4])
-    if start >= DAY_MINUTES or end > DAY_MINUTES:
-        raise ValueError(f"{value}: a day runs from 00:00 to 24:00")
-    if start >= end:
-        raise ValueError(
-            f"{value}: the end must come after the start (a shift past midnight is two "
-            "ranges, one on each day)"
-        )
-    return start, end
-
-
-def _minutes(hours: str, minutes: str | None) -> int:
-    number = int(minutes or 0)
-    if number >= 60:
-        raise ValueError(f"{hours}:{minutes} is not a time of day")
-    return int(hours) * 60 + number
-
-
-def _span_text(span: Span) -> str:
-    (start_h, start_m), (end_h, end_m) = divmod(span[0], 60), divmod(span[1], 60)
-    return f"{start_h:02d}:{start_m:02d}-{end_h:02d}:{end_m:02d}"
-
-
-SpanField = Annotated[tuple[int, int], BeforeValidator(_span), PlainSerializer(_span_text)]
-
-
-def _day_ranges(value: Any) -> Any:
-    """`"09:00-12:00, 13:00-17:00"` or a list of ranges; `off` or `[]` for a day off."""
-    if value is False:  # YAML reads an unquoted `off` as false
-        return ()
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        raise ValueError('a range of hours is text: write it as "09:00-17:00", in quotes')
-    if isinstance(value, str):
-        text = value.strip()
-        return () if text.casefold() == "off" else tuple(text.split(","))
-    return value
-
-
-def _no_overlap(spans: tuple[Span, ...]) -> tuple[Span, ...]:
-    ordered = tuple(sorted(spans))
-    for earlier, later in pairwise(ordered):
-        if later[0] < earlier[1]:
-            raise ValueError(f"{_span_text(later)} overlaps {_span_text(earlier)}")
-    return ordered
-
-
-DayHours = Annotated[
-    tuple[SpanField, ...], BeforeValidator(_day_ranges), AfterValidator(_no_overlap)
-]
-
-_DAY_NAMES = {
-    **{day: day for day in WEEKDAYS},
-    **dict(
-        zip(
-            ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"),
-            WEEKDAYS,
-            strict=True,
-        )
-    ),
-}
-
-
-def _days(key: str) -> tuple[str, ...]:
-    """`mon`, `monday` or a range such as `mon-fri`."""
-    first, _, last = str(key).strip().casefold().partition("-")
-    if first not in _DAY_NAMES or (last and last not in _DAY_NAMES):
-        raise ValueError(f"'{key}' is not a day: use mon, tue, …, sun or a range such as mon-fri")
-    start = WEEKDAYS.index(_DAY_NAMES[first])
-    end = WEEKDAYS.index(_DAY_NAMES[last]) if last else start
-    if end < start:
-        raise ValueError(f"'{key}': a range of days runs forwards within a week, e.g. mon-fri")
-    return WEEKDAYS[start : end + 1]
-
 
 def _holiday(value: Any) -> Holiday:
     if not isinstance(value, str | date):
@@ -303,7 +215,7 @@ class CalendarSpec(StrictModel):
         week: dict[str, tuple[Span, ...]] = {}
         given_as: dict[str, str] = {}
         for key, spans in hours.items():
-            for day in _days(key):
+            for day in days_of(key):
                 if day in week:
                     raise ValueError(f"{day} is given twice ({given_as[day]} and {key})")
                 week[day], given_as[day] = spans, key
@@ -557,7 +469,7 @@ def _problems(file: SlaFile) -> Iterator[tuple[Loc, str]]:
 
 def _week_text(spec: CalendarSpec) -> str:
     days = [
-        f"{day} {' '.join(_span_text(span) for span in spans)}"
+        f"{day} {' '.join(span_text(span) for span in spans)}"
         for day, spans in spec.hours.items()
         if spans
     ]
