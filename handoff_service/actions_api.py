@@ -11,9 +11,10 @@ the header `Idempotent-Replayed: true`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Request, Response
+from fastapi import APIRouter, Depends, Header, Request, Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -148,6 +149,30 @@ _DESCRIPTION = (
 )
 
 
+@dataclass(frozen=True)
+class Exchange:
+    """What every action's handler needs of its request besides the body and the caller."""
+
+    http: Request
+    response: Response
+    context: AppContext
+    session: AsyncSession
+    idempotency_key: str | None
+
+
+def _exchange(
+    http: Request,
+    response: Response,
+    context: ContextDep,
+    session: SessionDep,
+    idempotency_key: IdempotencyHeader = None,
+) -> Exchange:
+    return Exchange(http, response, context, session, idempotency_key)
+
+
+ExchangeDep = Annotated[Exchange, Depends(_exchange)]
+
+
 def actor_of(caller: Caller) -> Actor:
     return Actor(
         name=caller.name,
@@ -189,18 +214,14 @@ def build_router(rules: ActionRules) -> APIRouter:
         request: ActionRequest,
         *,
         caller: Caller,
-        key: str | None,
-        http: Request,
-        response: Response,
-        context: AppContext,
-        session: SessionDep,
+        exchange: Exchange,
     ) -> ActionResult:
         sent: dict[str, Any] = {} if body is None else body.model_dump(mode="json")
+        key, path = exchange.idempotency_key, exchange.http.url.path
         idempotency = (
-            None
-            if key is None
-            else IdempotencyKey(key, request_digest("POST", http.url.path, sent))
+            None if key is None else IdempotencyKey(key, request_digest("POST", path, sent))
         )
+        session, context = exchange.session, exchange.context
         try:
             applied = await _apply(session, lead_id, request, caller, context, idempotency)
         except IntegrityError:
@@ -208,7 +229,7 @@ def build_router(rules: ActionRules) -> APIRouter:
             # try finds it and answers with its result.
             applied = await _apply(session, lead_id, request, caller, context, idempotency)
         if applied.replayed:
-            response.headers[REPLAYED_HEADER] = "true"
+            exchange.response.headers[REPLAYED_HEADER] = "true"
         return applied.result
 
     @router.post(
@@ -219,11 +240,7 @@ def build_router(rules: ActionRules) -> APIRouter:
     async def accept(
         lead_id: LeadId,
         caller: SalesCaller,
-        http: Request,
-        response: Response,
-        context: ContextDep,
-        session: SessionDep,
-        idempotency_key: IdempotencyHeader = None,
+        exchange: ExchangeDep,
         body: AcceptBody | None = None,
     ) -> ActionResult:
         asked = ActionRequest(
@@ -236,11 +253,7 @@ def build_router(rules: ActionRules) -> APIRouter:
             body,
             asked,
             caller=caller,
-            key=idempotency_key,
-            http=http,
-            response=response,
-            context=context,
-            session=session,
+            exchange=exchange,
         )
 
     @router.post(
@@ -252,11 +265,7 @@ def build_router(rules: ActionRules) -> APIRouter:
         lead_id: LeadId,
         body: RejectBody,
         caller: SalesCaller,
-        http: Request,
-        response: Response,
-        context: ContextDep,
-        session: SessionDep,
-        idempotency_key: IdempotencyHeader = None,
+        exchange: ExchangeDep,
     ) -> ActionResult:
         asked = ActionRequest("reject", cycle=body.cycle, reason=body.reason, note=body.note)
         return await act(
@@ -264,11 +273,7 @@ def build_router(rules: ActionRules) -> APIRouter:
             body,
             asked,
             caller=caller,
-            key=idempotency_key,
-            http=http,
-            response=response,
-            context=context,
-            session=session,
+            exchange=exchange,
         )
 
     @router.post(
@@ -280,11 +285,7 @@ def build_router(rules: ActionRules) -> APIRouter:
         lead_id: LeadId,
         body: ContactedBody,
         caller: SalesCaller,
-        http: Request,
-        response: Response,
-        context: ContextDep,
-        session: SessionDep,
-        idempotency_key: IdempotencyHeader = None,
+        exchange: ExchangeDep,
     ) -> ActionResult:
         asked = ActionRequest("contacted", cycle=body.cycle, channel=body.channel, note=body.note)
         return await act(
@@ -292,11 +293,7 @@ def build_router(rules: ActionRules) -> APIRouter:
             body,
             asked,
             caller=caller,
-            key=idempotency_key,
-            http=http,
-            response=response,
-            context=context,
-            session=session,
+            exchange=exchange,
         )
 
     @router.post(
@@ -307,11 +304,7 @@ def build_router(rules: ActionRules) -> APIRouter:
     async def convert(
         lead_id: LeadId,
         caller: SalesCaller,
-        http: Request,
-        response: Response,
-        context: ContextDep,
-        session: SessionDep,
-        idempotency_key: IdempotencyHeader = None,
+        exchange: ExchangeDep,
         body: ConvertBody | None = None,
     ) -> ActionResult:
         asked = ActionRequest(
@@ -326,11 +319,7 @@ def build_router(rules: ActionRules) -> APIRouter:
             body,
             asked,
             caller=caller,
-            key=idempotency_key,
-            http=http,
-            response=response,
-            context=context,
-            session=session,
+            exchange=exchange,
         )
 
     @router.post(
@@ -342,11 +331,7 @@ def build_router(rules: ActionRules) -> APIRouter:
         lead_id: LeadId,
         body: RecycleBody,
         caller: SalesCaller,
-        http: Request,
-        response: Response,
-        context: ContextDep,
-        session: SessionDep,
-        idempotency_key: IdempotencyHeader = None,
+        exchange: ExchangeDep,
     ) -> ActionResult:
         asked = ActionRequest("recycle", cycle=body.cycle, reason=body.reason, note=body.note)
         return await act(
@@ -354,11 +339,7 @@ def build_router(rules: ActionRules) -> APIRouter:
             body,
             asked,
             caller=caller,
-            key=idempotency_key,
-            http=http,
-            response=response,
-            context=context,
-            session=session,
+            exchange=exchange,
         )
 
     @router.post(
@@ -373,11 +354,7 @@ def build_router(rules: ActionRules) -> APIRouter:
     async def reassign(
         lead_id: LeadId,
         caller: AdminCaller,
-        http: Request,
-        response: Response,
-        context: ContextDep,
-        session: SessionDep,
-        idempotency_key: IdempotencyHeader = None,
+        exchange: ExchangeDep,
         body: ReassignBody | None = None,
     ) -> ActionResult:
         asked = ActionRequest(
@@ -391,11 +368,7 @@ def build_router(rules: ActionRules) -> APIRouter:
             body,
             asked,
             caller=caller,
-            key=idempotency_key,
-            http=http,
-            response=response,
-            context=context,
-            session=session,
+            exchange=exchange,
         )
 
     return router
