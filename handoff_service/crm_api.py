@@ -48,10 +48,10 @@ from handoff_service.crm import (
 from handoff_service.models import Assignment, RepRecord
 from services.deps import ContextDep
 from services.errors import ApiError, error_responses
-from services.gateway.body import MAX_BATCH_BYTES, parse_json, read_body
-from services.gateway.clean import id_problem
+from services.gateway.body import parse_json
 from services.gateway.mapping import MappingError
-from services.gateway.signature import SignatureError, secret_bytes, verify
+from services.gateway.signature import secret_bytes
+from services.gateway.webhooks import read_signed
 from services.outbox import Emitter, write_pending
 from services.settings import Settings
 
@@ -344,25 +344,7 @@ def build_router(settings: Settings, rules: ActionRules) -> APIRouter:
         if source not in sources:
             raise ApiError(404, "unknown_source", f"no CRM {source!r} is configured")
         mapping, secret = sources[source]
-        body = await read_body(request, MAX_BATCH_BYTES)
-        try:
-            webhook_id, _ = verify(
-                secret,
-                request.headers,
-                body,
-                now=context.clock.now(),
-                tolerance_seconds=context.settings.webhook_tolerance_seconds,
-            )
-        except SignatureError as exc:
-            raise ApiError(401, "invalid_signature", str(exc)) from exc
-        problem = id_problem(webhook_id)
-        if problem is not None:
-            raise ApiError(
-                422,
-                "invalid_request",
-                f"webhook-id {problem}",
-                fields=[{"field": "webhook-id", "message": problem}],
-            )
+        webhook_id, body = await read_signed(request, secret, context)
         first = await _delivered(context, source, webhook_id)
         if first is not None:
             return first

@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from schemas.envelope import CloudEvent
 from schemas.events import Identity
+from services.context import AppContext
 from services.deps import ContextDep
 from services.errors import ApiError, error_responses, field_errors
 from services.gateway import bots
@@ -196,6 +197,38 @@ async def _record(context: ContextDep, source: str, webhook_id: str, events: int
         log.exception("webhook %s/%s accepted but not recorded", source, webhook_id)
 
 
+class BadSignature(ApiError):
+    """401: the delivery is not signed with the source's secret (or is out of its window)."""
+
+    def __init__(self, problem: SignatureError) -> None:
+        super().__init__(401, "invalid_signature", str(problem))
+
+
+async def read_signed(request: Request, secret: str, context: AppContext) -> tuple[str, bytes]:
+    """A Standard Webhooks delivery's id and body, once its signature and timestamp check out
+    (BadSignature otherwise) and its id is clean (a 422 naming `webhook-id` otherwise)."""
+    body = await read_body(request, MAX_BATCH_BYTES)
+    try:
+        webhook_id, _ = verify(
+            secret,
+            request.headers,
+            body,
+            now=context.clock.now(),
+            tolerance_seconds=context.settings.webhook_tolerance_seconds,
+        )
+    except SignatureError as exc:
+        raise BadSignature(exc) from exc
+    problem = id_problem(webhook_id)
+    if problem is not None:
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"webhook-id {problem}",
+            fields=[{"field": "webhook-id", "message": problem}],
+        )
+    return webhook_id, body
+
+
 def build_router(settings: Settings) -> APIRouter:
     """The webhook endpoint for the sources configured in `settings` (checked now)."""
     sources = configured_sources(settings)
@@ -211,26 +244,11 @@ def build_router(settings: Settings) -> APIRouter:
         if source not in sources:
             raise ApiError(404, "unknown_source", f"no webhook source {source!r} is configured")
         mapping, secret = sources[source]
-        body = await read_body(request, MAX_BATCH_BYTES)
         try:
-            webhook_id, _ = verify(
-                secret,
-                request.headers,
-                body,
-                now=context.clock.now(),
-                tolerance_seconds=context.settings.webhook_tolerance_seconds,
-            )
-        except SignatureError as exc:
+            webhook_id, body = await read_signed(request, secret, context)
+        except BadSignature:
             stats(request)["webhooks_refused_signature"] += 1
-            raise ApiError(401, "invalid_signature", str(exc)) from exc
-        problem = id_problem(webhook_id)
-        if problem is not None:
-            raise ApiError(
-                422,
-                "invalid_request",
-                f"webhook-id {problem}",
-                fields=[{"field": "webhook-id", "message": problem}],
-            )
+            raise
         if await _already_accepted(context, source, webhook_id):
             stats(request)["webhooks_duplicate"] += 1
             return DUPLICATE
