@@ -337,23 +337,24 @@ async def seed(session: AsyncSession, routing: RoutingFile, actor: str, at: date
         ) from exc
 
 
+def _away_from_file(rep_id: str, values: dict[str, Any], actor: str, at: datetime) -> AwayPeriod:
+    return AwayPeriod(
+        rep_id=rep_id,
+        starts=values["from"],
+        until=values["until"],
+        note=values["note"],
+        origin=FILE,
+        created_at=at,
+        created_by=actor,
+    )
+
+
 async def _seed_new(session: AsyncSession, rep: Rep, actor: str, at: datetime) -> None:
     row = _new_row(rep, origin=FILE, seed=_seed_of(rep), actor=actor, at=at)
     session.add(row)
     await session.flush()
     for period in rep.away:
-        values = away_values(period)
-        session.add(
-            AwayPeriod(
-                rep_id=rep.id,
-                starts=values["from"],
-                until=values["until"],
-                note=values["note"],
-                origin=FILE,
-                created_at=at,
-                created_by=actor,
-            )
-        )
+        session.add(_away_from_file(rep.id, away_values(period), actor, at))
     await session.flush()
     away = (await away_by_rep(session)).get(rep.id, [])
     changes = _differences({}, {**rep_values(rep), "away": _seed_of(rep)["away"]})
@@ -382,17 +383,7 @@ async def _seed_changes(
                 if each.origin == FILE:
                     await session.delete(each)
             for values in now_in_file["away"]:
-                session.add(
-                    AwayPeriod(
-                        rep_id=row.id,
-                        starts=values["from"],
-                        until=values["until"],
-                        note=values["note"],
-                        origin=FILE,
-                        created_at=at,
-                        created_by=actor,
-                    )
-                )
+                session.add(_away_from_file(row.id, values, actor, at))
     row.seed = now_in_file
     if changes:
         await session.flush()
